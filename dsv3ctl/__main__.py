@@ -1,0 +1,3 @@
+from dsv3ctl.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The ``dsv3ctl`` command line: one module per noun, mounted here.
+
+Heavy libraries (kubernetes, tritonclient, numpy, huggingface_hub, torch) are imported only inside the
+commands that use them, so ``dsv3ctl --help`` stays fast. Errors derived from
+:class:`dsv3ctl.errors.Dsv3Error` become one clean message and exit code 2 (spec/usage) or 1 (runtime);
+a traceback is printed only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from dsv3ctl import __version__
+from dsv3ctl.cli import plan as _plan
+from dsv3ctl.cli import spec as _spec
+from dsv3ctl.cli._common import STATE
+
+app = typer.Typer(
+    name="dsv3ctl",
+    help="Deploy DeepSeek-V3 on Triton + TensorRT-LLM across GPU nodes, from one spec file (dsv3.yaml).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dsv3ctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    STATE.verbose = verbose
+    STATE.debug = debug
+
+
+# Mounts: a noun module registers its commands on ``app`` (top-level verbs) or exposes a Typer group.
+_spec.register(app)
+_plan.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: run the app and map dsv3ctl errors to exit codes."""
+    from dsv3ctl.errors import Dsv3Error
+
+    try:
+        app()
+    except Dsv3Error as err:
+        if STATE.debug:
+            raise
+        from rich.console import Console
+        from rich.markup import escape
+
+        con = Console(stderr=True, highlight=False, soft_wrap=True)
+        con.print(f"[bold red]error:[/] {escape(err.message)}")
+        if err.hint:
+            con.print(f"[bold]fix:[/] {escape(err.hint)}")
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,220 @@
+"""The deployment spec (``dsv3.yaml``): one pydantic model, validated once, that everything renders from.
+
+Load with :func:`load_spec`; it raises :class:`dsv3ctl.errors.SpecError` (exit code 2) whose message
+names each bad field, the rule and a valid alternative ("did you mean" for unknown keys).
+The embedded default (``dsv3ctl/data/dsv3.yaml``) is the seed's FP8 example: DeepSeek-V3, engine mode,
+TP 16 over 2 nodes x 8 H100-80GB, max_batch_size 4, max_input_len 2048, max_seq_len 4096.
+
+Only field-local rules live here (types, ranges, enums). Rules that need DeepSeek-V3's architecture
+(tp divides 128 heads, pp = 1 in engine mode, memory fit) live in :mod:`dsv3ctl.core.planner`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dsv3ctl.core.hardware import GPUS
+from dsv3ctl.errors import SpecError
+
+DEFAULT_SPEC_RESOURCE = "dsv3.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+
+
+class Precision(str, Enum):
+    fp8 = "fp8"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Mode(str, Enum):
+    engine = "engine"
+    llmapi = "llmapi"
+
+
+class ModelSpec(_Strict):
+    """Which checkpoint to serve."""
+
+    repo: str = Field("deepseek-ai/DeepSeek-V3", description="Hugging Face repo id of a DeepSeek-V3-family model")
+    revision: str = Field("main", description="Branch, tag or commit sha on the hub; pin a sha for reproducibility")
+    precision: Precision = Field(Precision.fp8, description="Weight precision served: fp8 | bf16 | fp16")
+    allow_patterns: list[str] = Field(
+        default_factory=lambda: ["*.safetensors", "*.json", "*.py", "*.model", "*.txt", "*.md"],
+        description="huggingface_hub allow_patterns for `weights download`",
+    )
+    ignore_patterns: list[str] = Field(default_factory=list, description="huggingface_hub ignore_patterns")
+
+
+class ServingSpec(_Strict):
+    """Runtime limits and Triton/TensorRT-LLM serving options."""
+
+    mode: Mode = Field(Mode.engine, description="engine: TensorRT engines (deepseek preview branch); llmapi: PyTorch backend")
+    max_batch_size: int = Field(4, ge=1, le=4096, description="Requests in flight per instance")
+    max_input_len: int = Field(2048, ge=1, description="Prompt tokens per request")
+    max_seq_len: int = Field(4096, ge=2, le=163840, description="Prompt + generated tokens per request")
+    max_num_tokens: int = Field(8192, ge=1, description="Tokens per engine step (batch of context + generation)")
+    max_beam_width: int = Field(1, ge=1, le=8, description="Beam width (1 = sampling/greedy)")
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.9, gt=0.0, le=1.0, description="Fraction of the GPU memory left after weights that the KV cache takes"
+    )
+    paged_context_fmha: bool = Field(True, description="trtllm-build --use_paged_context_fmha enable")
+    batch_scheduler_policy: Literal["max_utilization", "guaranteed_no_evict"] = "guaranteed_no_evict"
+    enable_chunked_context: bool = False
+    enable_kv_cache_reuse: bool = False
+    exclude_input_in_output: bool = True
+    decoupled: bool = Field(True, description="Decoupled (streaming) transaction policy for tensorrt_llm and BLS")
+    preprocessing_instances: int = Field(1, ge=1)
+    postprocessing_instances: int = Field(1, ge=1)
+    bls_instances: int = Field(1, ge=1)
+    # llmapi (PyTorch backend) options
+    frontend: Literal["tritonserver", "trtllm-serve"] = Field(
+        "tritonserver", description="llmapi mode: serve through Triton's llmapi model or TensorRT-LLM's trtllm-serve"
+    )
+    mtp_layers: int = Field(0, ge=0, le=3, description="llmapi: MTP speculative decoding next-n layers (0 = off)")
+    enable_attention_dp: bool = Field(False, description="llmapi: attention data parallelism")
+    cuda_graph_max_batch_size: int = Field(0, ge=0, description="llmapi: CUDA graphs up to this batch (0 = off)")
+    load_timeout_s: int = Field(
+        3600, ge=60, description="Seconds a model load may take before the startup probe gives up (up to an hour)"
+    )
+
+    @model_validator(mode="after")
+    def _limits(self) -> "ServingSpec":
+        if self.max_input_len >= self.max_seq_len:
+            raise ValueError(
+                f"max_input_len={self.max_input_len} must be < max_seq_len={self.max_seq_len} "
+                f"(room to generate); use max_input_len={self.max_seq_len // 2} or raise max_seq_len"
+            )
+        return self
+
+
+class ParallelismSpec(_Strict):
+    """Parallel layout of one model instance: world size = nodes x gpus_per_node = tp x pp."""
+
+    nodes: int = Field(2, ge=1, le=64, description="Nodes per model instance (LeaderWorkerSet size)")
+    gpus_per_node: int = Field(8, ge=1, le=16)
+    tp: int = Field(16, ge=1, description="Tensor parallel size")
+    pp: int = Field(1, ge=1, description="Pipeline parallel size")
+    moe_ep: int = Field(1, ge=1, description="MoE expert parallel size; moe_tp = tp / moe_ep")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def moe_tp(self) -> int:
+        return self.tp // self.moe_ep
+
+
+class HardwareSpec(_Strict):
+    gpu: str = Field("H100-80GB", description="GPU model, one of: " + ", ".join(GPUS))
+
+    @model_validator(mode="after")
+    def _known(self) -> "HardwareSpec":
+        if self.gpu not in GPUS:
+            near = difflib.get_close_matches(self.gpu, list(GPUS), n=1)
+            alt = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"unknown GPU {self.gpu!r}; {alt}known: {', '.join(GPUS)}")
+        return self
+
+
+class ImageSpec(_Strict):
+    """The container image (docker/Dockerfile) and its pinned build arguments."""
+
+    repository: str = Field("ghcr.io/dsv3ctl/dsv3ctl", description="Image repository to tag and push")
+    tag: str = Field("", description="Image tag; empty = <version>-<mode>")
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+
+
+class Spec(_Strict):
+    """The whole deployment spec. Keys: model, serving, parallelism, hardware, image (+ more sections
+    added by the renderers that need them, e.g. ``deploy``)."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+    image: ImageSpec = Field(default_factory=ImageSpec)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` (a pydantic error location), for "did you mean" hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann = fields[part].annotation
+        current = ann
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``<source>: <dotted.field>=<input>: <rule>[; did you mean ...]``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _field_names(Spec, loc)
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?" if near else ""
+            lines.append(f"{source}: {dotted}: unknown key; {hint} valid keys here: {', '.join(valid)}".replace("; ", "; ", 1))
+            continue
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        inp = e.get("input")
+        shown = "" if isinstance(inp, dict) else f"={inp!r}"
+        lines.append(f"{source}: {dotted}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def default_spec_text() -> str:
+    """The embedded default spec as commented YAML (what ``dsv3ctl init`` writes)."""
+    return resources.files("dsv3ctl.data").joinpath(DEFAULT_SPEC_RESOURCE).read_text(encoding="utf-8")
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    """Validate a mapping into a :class:`Spec`; raises :class:`SpecError` naming each field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the top level must be a mapping with keys {', '.join(Spec.model_fields)}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+
+
+def load_spec(path: str | Path | None = None) -> Spec:
+    """Load ``path`` (YAML), or the embedded default when ``path`` is None.
+
+    Raises SpecError (exit 2) when the file is missing, is not YAML or fails validation.
+    """
+    if path is None:
+        return parse_spec(yaml.safe_load(default_spec_text()), "default spec")
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file {str(p)!r} does not exist; create one with `dsv3ctl init {p}`")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {err}") from None
+    return parse_spec(data, str(p))
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the spec (``dsv3ctl spec schema``)."""
+    return Spec.model_json_schema()
