@@ -1,0 +1,120 @@
+"""The planner: layout rules (property tests with hypothesis), memory sizing and the plan JSON."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsv3ctl.core.planner import make_plan, require_valid
+from dsv3ctl.core.spec import parse_spec
+from dsv3ctl.errors import SpecError
+
+RULES = {"world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp",
+         "engine_hopper", "fp8_sm", "max_num_tokens", "memory_weights", "memory_kv_cache"}
+
+
+def spec(**sections):
+    return parse_spec(sections)
+
+
+def test_default_plan_passes_with_published_figures():
+    p = make_plan(spec())
+    assert p.ok, [c.message for c in p.errors]
+    j = p.to_json()
+    assert j["world_size"] == 16
+    assert j["tensors"]["checkpoint_total"] == 91_991
+    assert j["params"]["main"] == pytest.approx(671.0e9, rel=0.003)
+    assert j["kv_cache"]["bytes_per_token"] == 70_272
+    assert 0 < j["memory"]["per_gpu_gib"]["weights"] < 80
+    assert {"weights", "kv_cache", "free"} <= set(j["memory"]["per_gpu_gib"])
+    assert all({"name", "ok", "message"} <= set(c) for c in j["checks"])
+
+
+def test_tp12_names_rule_and_alternative():
+    p = make_plan(spec(parallelism={"nodes": 3, "gpus_per_node": 4, "tp": 12}))
+    msgs = [c.message for c in p.errors]
+    assert "parallelism.tp=12 does not divide the 128 attention heads; use 8 or 16" in msgs
+
+
+def test_engine_mode_refuses_pp():
+    p = make_plan(spec(parallelism={"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2}))
+    (err,) = [c for c in p.errors if c.name == "engine_pp"]
+    assert "silently drops 1 of the 61" in err.message and "pp=1" in err.message
+
+
+def test_llmapi_allows_pp_with_warning():
+    p = make_plan(spec(serving={"mode": "llmapi"}, parallelism={"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2},
+                       hardware={"gpu": "H200"}))
+    assert p.ok, [c.message for c in p.errors]
+    assert any(c.name == "pp_uneven" and c.severity == "warning" for c in p.checks)
+
+
+def test_engine_needs_hopper_and_fp8_needs_sm89():
+    p = make_plan(spec(hardware={"gpu": "A100-80GB"}))
+    names = {c.name for c in p.errors}
+    assert {"engine_hopper", "fp8_sm"} <= names
+
+
+def test_eight_h100_do_not_fit_fp8_but_eight_h200_do():
+    one_node = {"nodes": 1, "gpus_per_node": 8, "tp": 8}
+    h100 = make_plan(spec(parallelism=one_node))
+    assert any(c.name == "memory_weights" for c in h100.errors)
+    h200 = make_plan(spec(parallelism=one_node, hardware={"gpu": "H200"}))
+    assert h200.ok, [c.message for c in h200.errors]
+
+
+def test_kv_limits_refused_with_largest_that_fit():
+    s = spec(parallelism={"nodes": 1, "gpus_per_node": 8, "tp": 8}, hardware={"gpu": "H200"},
+             serving={"max_batch_size": 512, "max_seq_len": 163840, "max_input_len": 8192, "max_num_tokens": 8192})
+    p = make_plan(s)
+    (err,) = [c for c in p.errors if c.name == "memory_kv_cache"]
+    assert "max_batch_size=" in err.message
+    best = p.suggestion["max_batch_size"]
+    assert best >= 1
+    ok = make_plan(spec(parallelism={"nodes": 1, "gpus_per_node": 8, "tp": 8}, hardware={"gpu": "H200"},
+                        serving={"max_batch_size": best, "max_seq_len": 163840, "max_input_len": 8192,
+                                 "max_num_tokens": 8192}))
+    assert ok.ok, [c.message for c in ok.errors]
+    too_many = make_plan(spec(parallelism={"nodes": 1, "gpus_per_node": 8, "tp": 8}, hardware={"gpu": "H200"},
+                              serving={"max_batch_size": best + 1, "max_seq_len": 163840, "max_input_len": 8192,
+                                       "max_num_tokens": 8192}))
+    assert not too_many.ok
+
+
+def test_bf16_needs_more_memory_than_fp8():
+    fp8 = make_plan(spec()).weights_bytes
+    bf16 = make_plan(spec(model={"precision": "bf16"})).weights_bytes
+    assert bf16 > 1.8 * fp8
+
+
+def test_require_valid_raises_spec_error():
+    with pytest.raises(SpecError, match="tp=12"):
+        require_valid(make_plan(spec(parallelism={"nodes": 3, "gpus_per_node": 4, "tp": 12})))
+
+
+layouts = st.fixed_dictionaries({
+    "nodes": st.sampled_from([1, 2, 3, 4, 8]),
+    "gpus_per_node": st.sampled_from([1, 2, 4, 6, 8]),
+    "tp": st.sampled_from([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]),
+    "pp": st.sampled_from([1, 2, 3, 4]),
+    "moe_ep": st.sampled_from([1, 2, 3, 4, 8, 16, 32]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(layout=layouts, mode=st.sampled_from(["engine", "llmapi"]), gpu=st.sampled_from(["H100-80GB", "H200", "A100-80GB"]),
+       precision=st.sampled_from(["fp8", "bf16"]))
+def test_every_accepted_layout_satisfies_the_rules(layout, mode, gpu, precision):
+    p = make_plan(spec(parallelism=layout, serving={"mode": mode}, hardware={"gpu": gpu}, model={"precision": precision}))
+    tp, pp, ep = layout["tp"], layout["pp"], layout["moe_ep"]
+    if p.ok:
+        assert layout["nodes"] * layout["gpus_per_node"] == tp * pp
+        assert 128 % tp == 0 and tp % ep == 0 and 256 % ep == 0
+        if mode == "engine":
+            assert pp == 1 and gpu != "A100-80GB"
+        assert p.free_bytes > 0 and p.kv_required_bytes <= p.kv_pool_bytes
+    else:
+        for c in p.errors:
+            assert c.name in RULES
+            assert "=" in c.message and ("use" in c.message), c.message
