@@ -134,6 +134,90 @@ class ImageSpec(_Strict):
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
 
 
+# ------------------------------------------------------------------------------------------ deploy (issue 5)
+# Kubernetes deployment (Helm chart helm/dsv3 on LeaderWorkerSet). Field names are the chart's value names:
+# the chart's values.yaml is this spec's model_dump and values.schema.json its JSON Schema (a test keeps
+# them equal), so spec and chart values cannot drift. Sizes are Kubernetes quantities ("64Gi", "32").
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_QUANTITY = r"^([0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?)?$"
+
+
+class RdmaSpec(_Strict):
+    """RDMA device-plugin resource requested per pod (adds the IPC_LOCK capability when enabled)."""
+
+    enabled: bool = Field(False, description="Request an RDMA resource per pod (off: NCCL_IB_DISABLE=1)")
+    resource: str = Field("rdma/ib", pattern=r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$",
+                          description="Extended resource name: rdma/ib, rdma/rdma_shared_device_a, rdma/hca_shared_devices_a, ...")
+    count: int = Field(1, ge=1, le=64, description="How many of the RDMA resource each pod requests")
+
+
+class NcclSpec(_Strict):
+    """NCCL/UCX environment for every rank (empty string = leave unset, NCCL auto-detects)."""
+
+    ib_hca: str = Field("", description="NCCL_IB_HCA, e.g. 'mlx5_0,mlx5_1' or '=mlx5_0:1'")
+    socket_ifname: str = Field("", description="NCCL_SOCKET_IFNAME (bootstrap/socket interface), e.g. 'eth0' or '^lo,docker'")
+    debug: Literal["", "VERSION", "WARN", "INFO", "TRACE"] = Field("WARN", description="NCCL_DEBUG")
+    ucx_net_devices: str = Field("", description="UCX_NET_DEVICES, e.g. 'mlx5_0:1'")
+    extra_env: dict[str, str] = Field(default_factory=dict, description="More environment variables for every pod")
+
+
+class StorageSpec(_Strict):
+    """Where the weights and engines live, mounted at ``mount_path`` in every pod and the prepare Job."""
+
+    kind: Literal["hostPath", "existingClaim", "newClaim"] = Field(
+        "hostPath", description="hostPath: a directory on each node; existingClaim: a PVC you made; "
+                                "newClaim: the chart creates a PVC (kept on undeploy)")
+    host_path: str = Field("/var/lib/dsv3ctl", pattern=r"^/", description="kind=hostPath: node directory (DirectoryOrCreate)")
+    claim_name: str = Field("", description="existingClaim: its name (required); newClaim: name (empty = <release>-dsv3-models)")
+    size: str = Field("2Ti", pattern=_QUANTITY, description="newClaim: requested size")
+    storage_class: str = Field("", description="newClaim: storageClassName (empty = cluster default)")
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
+        default_factory=lambda: ["ReadWriteMany"], min_length=1, description="newClaim: access modes")
+    mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods")
+    model_subpath: str = Field("hf/DeepSeek-V3", description="Hugging Face checkpoint directory under mount_path")
+    engine_subpath: str = Field("engines", description="Engines / Triton model repository directory under mount_path")
+
+
+class DeploySpec(_Strict):
+    """Kubernetes deployment: namespace, release, pod shape, storage, scheduling and optional objects."""
+
+    namespace: str = Field("dsv3", pattern=_K8S_NAME, max_length=63, description="Namespace of the release")
+    release: str = Field("dsv3", pattern=_K8S_NAME, max_length=40, description="Helm release name")
+    replicas: int = Field(1, ge=1, le=1000, description="Model instances (LeaderWorkerSet replicas = groups)")
+    restart_policy: Literal["RecreateGroupOnPodRestart", "RecreateGroupAfterStart"] = Field(
+        "RecreateGroupOnPodRestart", description="LWS group restart: an MPI job cannot lose a rank")
+    rdma: RdmaSpec = Field(default_factory=RdmaSpec)
+    shm_size: str = Field("64Gi", pattern=_QUANTITY, description="/dev/shm (memory emptyDir) size limit")
+    host_network: bool = Field(False, description="Pods on the node network (then dnsPolicy ClusterFirstWithHostNet)")
+    host_ipc: bool = Field(False, description="Share the node's IPC namespace")
+    nccl: NcclSpec = Field(default_factory=NcclSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    hf_token_secret: str = Field("", description="Existing Secret with key HF_TOKEN (empty = no token)")
+    ssh_secret: str = Field("", description="Existing Secret with ssh-privatekey/ssh-publickey for MPI "
+                                            "(empty = the chart creates <release>-dsv3-ssh once and reuses it)")
+    cpu: str = Field("16", pattern=_QUANTITY, description="CPU request per pod")
+    memory: str = Field("128Gi", pattern=_QUANTITY, description="Memory request per pod")
+    gpu_product_label: str | None = Field(
+        None, description="nodeSelector nvidia.com/gpu.product; null = from hardware.gpu, '' = do not select")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra nodeSelector labels")
+    affinity: dict[str, Any] = Field(default_factory=dict, description="Extra pod affinity (merged after the one-pod-per-node anti-affinity)")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Pod tolerations")
+    priority_class_name: str = Field("", description="priorityClassName of the pods")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for image pulls")
+    exclusive_topology: str = Field("", description="Topology key for one group per domain (LWS exclusive-topology), e.g. a rack label")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    service_monitor: bool = Field(False, description="Render a prometheus-operator ServiceMonitor for the metrics port")
+    network_policy: bool = Field(False, description="Only release pods reach worker SSH/MPI ports; serving ports stay open")
+    pdb: bool = Field(True, description="PodDisruptionBudget keeping replicas-1 whole groups up (none when replicas=1)")
+    prepare_job: bool = Field(False, description="Helm pre-install/pre-upgrade Job that downloads/builds into the volume")
+    helm_test: bool = Field(True, description="Render the `helm test` Pod that checks readiness through the Service")
+    openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
+    startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
+
+
 class Spec(_Strict):
     """The whole deployment spec. Keys: model, serving, parallelism, hardware, image (+ more sections
     added by the renderers that need them, e.g. ``deploy``)."""
@@ -143,6 +227,7 @@ class Spec(_Strict):
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     hardware: HardwareSpec = Field(default_factory=HardwareSpec)
     image: ImageSpec = Field(default_factory=ImageSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
 
 
 # --------------------------------------------------------------------------------------------- loading
