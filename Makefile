@@ -33,3 +33,17 @@ test: $(STAMP) tools ## run every test (builds the cluster tools on a cold machi
 
 test-fast: $(STAMP) ## unit tests only (no cluster, no network namespaces)
 	$(BIN)/pytest -q -m "not cluster and not netns"
+
+# ---- image, launcher and Slurm (issue 6) ----
+.PHONY: sys-deps
+SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck
+IMAGE_TARGET ?= llmapi
+
+sys-deps: ## install the apt packages the namespace and Slurm tests need (only those missing; needs root)
+	@missing=""; for p in $(SYS_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "sys-deps: all present"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "sys-deps: missing$$missing and not root: the netns/slurm tests will skip"; \
+	else echo "sys-deps: installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
+image: $(STAMP) ## build the container image (IMAGE_TARGET=llmapi|engine; docker buildx, else podman/buildah)
+	$(BIN)/dsv3ctl image build --target $(IMAGE_TARGET)

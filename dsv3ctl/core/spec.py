@@ -132,6 +132,64 @@ class ImageSpec(_Strict):
     repository: str = Field("ghcr.io/dsv3ctl/dsv3ctl", description="Image repository to tag and push")
     tag: str = Field("", description="Image tag; empty = <version>-<mode>")
     pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    # Build arguments of docker/Dockerfile (see docs/image.md for the source of each pin).
+    triton_tag: str = Field(
+        "25.10", pattern=r"^[0-9]{2}\.[0-9]{2}$",
+        description="llmapi target base nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3; 25.10 ships TensorRT-LLM "
+                    "1.0.0 (Triton release compatibility matrix; 25.08 still ships 0.21.0)",
+    )
+    engine_base_tag: str = Field(
+        "24.11", pattern=r"^[0-9]{2}\.[0-9]{2}$",
+        description="engine target base nvcr.io/nvidia/tritonserver:<tag>-py3 (no TensorRT-LLM: it is built from source)",
+    )
+    trtllm_repo: str = Field("https://github.com/NVIDIA/TensorRT-LLM.git", description="TensorRT-LLM git repository")
+    trtllm_commit: str = Field(
+        "0321f71e9559906096211de557d0db52d840615a", pattern=r"^[0-9a-f]{7,40}$",
+        description="deepseek preview branch commit (0.17.0.dev2024121700; FP8 weights need a later deepseek-branch "
+                    "commit that contains PR #2719)",
+    )
+    backend_repo: str = Field("https://github.com/triton-inference-server/tensorrtllm_backend.git",
+                              description="Triton TensorRT-LLM backend git repository")
+    backend_commit: str = Field(
+        "c575d8cb980883efca12fe89ba918499c29459be", pattern=r"^[0-9a-f]{7,40}$",
+        description="tensorrtllm_backend commit (v0.18.2) compiled against the TensorRT-LLM source above",
+    )
+    builder: Literal["auto", "docker", "podman", "buildah"] = Field(
+        "auto", description="Image builder: auto = docker buildx when present, else podman, else buildah"
+    )
+
+
+class LaunchSpec(_Strict):
+    """The in-container launcher (``dsv3ctl launch leader|worker|rank``): SSH, waiting, preflight, paths."""
+
+    ssh_port: int = Field(2222, ge=1, le=65535, description="Port every pod's sshd listens on (not 22: no root port clash)")
+    ssh_secret_dir: str = Field("/etc/dsv3ctl/ssh", description="Where the chart mounts the SSH key Secret")
+    runtime_dir: str = Field("/run/dsv3ctl", description="Where the launcher writes keys, sshd/ssh config and the hostfile")
+    worker_wait_timeout_s: int = Field(
+        600, ge=1, le=86400, description="Seconds the leader waits for every worker's DNS name and SSH port"
+    )
+    model_repository: str = Field("/models/triton_model_repo", description="Triton model repository inside the pod")
+    engine_dir: str = Field("", description="Engine directory (engine mode); empty = read gpt_model_path from "
+                                            "<model_repository>/tensorrt_llm/config.pbtxt")
+    model_dir: str = Field("/models/hf", description="Hugging Face checkpoint directory (trtllm-serve frontend)")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    shm_min_gib: float = Field(8.0, ge=0, description="Preflight: smallest /dev/shm (GiB) the ranks may start with")
+    rdma: bool = Field(False, description="An RDMA resource was requested: preflight needs /dev/infiniband and "
+                                          "an unlimited memlock limit")
+
+
+class SlurmSpec(_Strict):
+    """The sbatch script of ``dsv3ctl slurm render`` (the seed's srun + container path)."""
+
+    job_name: str = Field("dsv3", pattern=r"^[A-Za-z0-9_.-]+$")
+    partition: str = Field("", description="sbatch --partition; empty = the cluster default")
+    account: str = Field("", description="sbatch --account; empty = none")
+    time_limit: str = Field("04:00:00", pattern=r"^[0-9:-]+$", description="sbatch --time")
+    container_mounts: list[str] = Field(
+        default_factory=lambda: ["/models:/models"], description="srun --container-mounts entries (src:dst[:flags])"
+    )
 
 
 # ------------------------------------------------------------------------------------------ deploy (issue 5)
@@ -227,6 +285,8 @@ class Spec(_Strict):
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
     hardware: HardwareSpec = Field(default_factory=HardwareSpec)
     image: ImageSpec = Field(default_factory=ImageSpec)
+    launch: LaunchSpec = Field(default_factory=LaunchSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
 
 
