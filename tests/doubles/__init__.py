@@ -1,0 +1,1 @@
+"""Test doubles (fake servers) for dsv3ctl tests."""

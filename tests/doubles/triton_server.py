@@ -1,0 +1,533 @@
+"""TEST DOUBLE of Triton Inference Server's protocol (KServe v2 gRPC + HTTP generate extension).
+
+This is *not* Triton and runs no model. It implements, in-process, just enough of the protocol for
+dsv3ctl's clients to be exercised end to end:
+
+- gRPC (``GRPCInferenceService`` from the ``service_pb2_grpc`` that tritonclient ships, on ``grpc.aio``):
+  ServerLive/Ready, ModelReady, ServerMetadata, ModelMetadata, ModelStatistics, ModelInfer and the
+  decoupled ``ModelStreamInfer`` (honours ``triton_enable_empty_final_response``).
+- HTTP (stdlib ``ThreadingHTTPServer``): ``/v2/health/{live,ready}``, ``/v2``, ``/v2/models/<m>``,
+  ``/v2/models/<m>/ready``, ``/v2/models/<m>/stats``, ``POST /v2/models/<m>/generate`` and
+  ``generate_stream`` (server-sent events, ``data: {"error": ...}`` on failure).
+
+Models: ``ensemble`` and ``tensorrt_llm_bls`` (inputs ``text_input``, ``max_tokens``, ``stream``, ...),
+``tensorrt_llm`` (llmapi: ``text_input``, ``streaming``, ``sampling_param_*``). Unknown input names are
+rejected the way Triton does, so request builders are checked against the real tensor names.
+
+Generated "tokens" are canned words; behaviour is injected:
+- delays: ``ttft_s`` before the first token, ``itl_s`` between tokens (seconds);
+- prompt directives: ``FAIL@N`` fails the request after N tokens with a server error,
+  ``TAG=<x>`` makes tokens `` <x>:<i>`` (to check that concurrent streams are not mixed),
+  ``UTF8SPLIT`` streams multi-byte UTF-8 text one byte per response.
+
+Run standalone: ``python -m tests.doubles.triton_server --grpc-port 8001 --http-port 8000 --itl-ms 20``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CANNED = ("Hello", "!", " This", " is", " the", " Triton", " test", " double", ",", " not", " a", " real",
+          " model", ".", " It", " streams", " canned", " words", " with", " injected", " delays", ".")
+UTF8_TEXT = "héllo wörld — 世界 🙂"
+FAIL_RE = re.compile(r"FAIL@(\d+)")
+TAG_RE = re.compile(r"TAG=(\S+)")
+
+_BATCHED = {"text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "exclude_input_in_output": "BOOL",
+            "temperature": "FP32", "top_p": "FP32", "top_k": "INT32", "random_seed": "UINT64",
+            "stop_words": "BYTES", "bad_words": "BYTES", "min_length": "INT32", "end_id": "INT32",
+            "pad_id": "INT32", "beam_width": "INT32", "return_log_probs": "BOOL"}
+_LLMAPI = {"text_input": "BYTES", "streaming": "BOOL", "sampling_param_max_tokens": "INT32",
+           "sampling_param_temperature": "FP32", "sampling_param_top_p": "FP32", "sampling_param_top_k": "INT32",
+           "sampling_param_seed": "UINT64", "sampling_param_stop": "BYTES",
+           "sampling_param_exclude_input_from_output": "BOOL", "return_finish_reason": "BOOL"}
+MODELS: dict[str, dict[str, Any]] = {
+    "ensemble": {"platform": "ensemble", "inputs": _BATCHED, "required": ("text_input", "max_tokens"),
+                 "stream_key": "stream", "max_key": "max_tokens"},
+    "tensorrt_llm_bls": {"platform": "python", "inputs": _BATCHED, "required": ("text_input", "max_tokens"),
+                         "stream_key": "stream", "max_key": "max_tokens"},
+    "tensorrt_llm": {"platform": "python", "inputs": _LLMAPI, "required": ("text_input",),
+                     "stream_key": "streaming", "max_key": "sampling_param_max_tokens"},
+}
+
+
+class RequestError(Exception):
+    """An error the double reports to the client as the server's error text."""
+
+
+@dataclass
+class Plan:
+    chunks: list[bytes]
+    fail_after: int | None = None
+    fail_message: str = ""
+    stream: bool = True
+
+
+@dataclass
+class Stats:
+    success: int = 0
+    fail: int = 0
+    success_ns: int = 0
+    fail_ns: int = 0
+    last_ms: int = 0
+
+
+@dataclass
+class Behaviour:
+    """Injected behaviour: delays in seconds; ``ready`` drives the readiness endpoints."""
+
+    ttft_s: float = 0.0
+    itl_s: float = 0.0
+    ready: bool = True
+    stats: dict[str, Stats] = field(default_factory=lambda: {m: Stats() for m in MODELS})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, model: str, ok: bool, ns: int) -> None:
+        with self.lock:
+            s = self.stats[model]
+            if ok:
+                s.success += 1
+                s.success_ns += ns
+            else:
+                s.fail += 1
+                s.fail_ns += ns
+            s.last_ms = int(time.time() * 1000)
+
+
+def make_plan(model: str, values: dict[str, list[Any]]) -> Plan:
+    """Validate inputs like Triton would and decide what to stream (raises RequestError)."""
+    if model not in MODELS:
+        raise RequestError(f"Request for unknown model: '{model}' is not found")
+    m = MODELS[model]
+    for name in values:
+        if name not in m["inputs"]:
+            raise RequestError(f"[request id: <id_unknown>] unexpected inference input '{name}' for model '{model}'")
+    for name in m["required"]:
+        if name not in values:
+            raise RequestError(f"[request id: <id_unknown>] expected {len(m['required'])} inputs but got "
+                               f"{len([n for n in m['required'] if n in values])} inputs for model '{model}'. "
+                               f"Got input(s) {sorted(values)}, but missing required input(s) ['{name}']")
+    raw = values["text_input"][0]
+    prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    max_tokens = int(values.get(m["max_key"], [16])[0])
+    stream = bool(values.get(m["stream_key"], [False])[0])
+    if "UTF8SPLIT" in prompt:
+        data = UTF8_TEXT.encode()
+        chunks = [data[i:i + 1] for i in range(len(data))]
+    elif (tag := TAG_RE.search(prompt)) is not None:
+        chunks = [f" {tag.group(1)}:{i}".encode() for i in range(max_tokens)]
+    else:
+        chunks = [CANNED[i % len(CANNED)].encode() for i in range(max_tokens)]
+    plan = Plan(chunks, stream=stream)
+    if (f := FAIL_RE.search(prompt)) is not None:
+        plan.fail_after = int(f.group(1))
+        plan.fail_message = f"injected failure after {plan.fail_after} tokens (Triton test double)"
+    return plan
+
+
+def _delays(b: Behaviour, i: int) -> float:
+    return b.ttft_s if i == 0 else b.itl_s
+
+
+# --- gRPC ---------------------------------------------------------------------------------------------
+
+_FMT = {"INT32": "<i", "FP32": "<f", "UINT64": "<Q", "INT64": "<q", "FP64": "<d"}
+
+
+def _decode_input(datatype: str, raw: bytes) -> list[Any]:
+    if datatype == "BYTES":
+        out, i = [], 0
+        while i + 4 <= len(raw):
+            (n,) = struct.unpack_from("<I", raw, i)
+            out.append(raw[i + 4:i + 4 + n])
+            i += 4 + n
+        return out
+    if datatype == "BOOL":
+        return [bool(x) for x in raw]
+    fmt = _FMT[datatype]
+    size = struct.calcsize(fmt)
+    return [struct.unpack_from(fmt, raw, i)[0] for i in range(0, len(raw), size)]
+
+
+def _grpc_values(req: Any) -> dict[str, list[Any]]:
+    vals: dict[str, list[Any]] = {}
+    for i, inp in enumerate(req.inputs):
+        if i < len(req.raw_input_contents):
+            vals[inp.name] = _decode_input(inp.datatype, req.raw_input_contents[i])
+        else:
+            c = inp.contents
+            vals[inp.name] = list(c.bytes_contents or c.int_contents or c.fp32_contents or c.bool_contents
+                                  or c.uint64_contents)
+    return vals
+
+
+def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
+    def response(req: Any, data: bytes | None, final: bool | None) -> Any:
+        r = pb.ModelInferResponse(model_name=req.model_name, model_version="1", id=req.id)
+        if data is not None:
+            r.outputs.add(name="text_output", datatype="BYTES", shape=[1, 1])
+            r.raw_output_contents.append(struct.pack("<I", len(data)) + data)
+        if final is not None:
+            r.parameters["triton_final_response"].bool_param = final
+        return r
+
+    class Servicer(pbg.GRPCInferenceServiceServicer):
+        async def ServerLive(self, request, context):  # noqa: N802
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request, context):  # noqa: N802
+            return pb.ServerReadyResponse(ready=b.ready)
+
+        async def ModelReady(self, request, context):  # noqa: N802
+            return pb.ModelReadyResponse(ready=b.ready and request.name in MODELS)
+
+        async def ServerMetadata(self, request, context):  # noqa: N802
+            return pb.ServerMetadataResponse(**server_metadata())
+
+        async def ModelMetadata(self, request, context):  # noqa: N802
+            import grpc
+
+            if request.name not in MODELS:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.name}' is not found")
+            md = model_metadata(request.name)
+            r = pb.ModelMetadataResponse(name=md["name"], versions=md["versions"], platform=md["platform"])
+            for k in ("inputs", "outputs"):
+                for t in md[k]:
+                    getattr(r, k).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+            return r
+
+        async def ModelStatistics(self, request, context):  # noqa: N802
+            from google.protobuf import json_format
+
+            return json_format.ParseDict(model_stats(b, request.name or None), pb.ModelStatisticsResponse())
+
+        async def ModelInfer(self, request, context):  # noqa: N802
+            import grpc
+
+            t0 = time.perf_counter_ns()
+            try:
+                plan = make_plan(request.model_name, _grpc_values(request))
+            except RequestError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await asyncio.sleep(b.ttft_s + b.itl_s * max(0, len(plan.chunks) - 1))
+            if plan.fail_after is not None:
+                b.record(request.model_name, False, time.perf_counter_ns() - t0)
+                await context.abort(grpc.StatusCode.INTERNAL, plan.fail_message)
+            b.record(request.model_name, True, time.perf_counter_ns() - t0)
+            return response(request, b"".join(plan.chunks), None)
+
+        async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+            q: asyncio.Queue = asyncio.Queue()
+            tasks: set[asyncio.Task] = set()
+
+            async def run(req: Any) -> None:
+                t0 = time.perf_counter_ns()
+                want_final = req.parameters["triton_enable_empty_final_response"].bool_param \
+                    if "triton_enable_empty_final_response" in req.parameters else False
+                try:
+                    plan = make_plan(req.model_name, _grpc_values(req))
+                except RequestError as e:
+                    await q.put(pb.ModelStreamInferResponse(error_message=str(e), infer_response=response(req, None, None)))
+                    return
+                fin = False if want_final else None
+                if not plan.stream:
+                    await asyncio.sleep(b.ttft_s + b.itl_s * max(0, len(plan.chunks) - 1))
+                    if plan.fail_after is not None:
+                        await q.put(pb.ModelStreamInferResponse(error_message=plan.fail_message,
+                                                                infer_response=response(req, None, None)))
+                        b.record(req.model_name, False, time.perf_counter_ns() - t0)
+                        return
+                    await q.put(pb.ModelStreamInferResponse(
+                        infer_response=response(req, b"".join(plan.chunks), True if want_final else None)))
+                    b.record(req.model_name, True, time.perf_counter_ns() - t0)
+                    return
+                for i, chunk in enumerate(plan.chunks):
+                    d = _delays(b, i)
+                    if d:
+                        await asyncio.sleep(d)
+                    if plan.fail_after is not None and i >= plan.fail_after:
+                        await q.put(pb.ModelStreamInferResponse(error_message=plan.fail_message,
+                                                                infer_response=response(req, None, None)))
+                        b.record(req.model_name, False, time.perf_counter_ns() - t0)
+                        return
+                    await q.put(pb.ModelStreamInferResponse(infer_response=response(req, chunk, fin)))
+                if want_final:
+                    await q.put(pb.ModelStreamInferResponse(infer_response=response(req, None, True)))
+                b.record(req.model_name, True, time.perf_counter_ns() - t0)
+
+            async def reader() -> None:
+                async for req in request_iterator:
+                    t = asyncio.create_task(run(req))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+                await q.put(None)
+
+            rt = asyncio.create_task(reader())
+            try:
+                while True:
+                    item = await q.get()
+                    if item is None:
+                        break
+                    yield item
+            finally:
+                rt.cancel()
+                for t in list(tasks):
+                    t.cancel()
+
+    return Servicer()
+
+
+# --- shared JSON documents --------------------------------------------------------------------------------
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "triton-test-double", "version": "0.0.0-test-double",
+            "extensions": ["classification", "model_repository", "statistics", "generate"]}
+
+
+def model_metadata(model: str) -> dict[str, Any]:
+    m = MODELS[model]
+    batched = model != "tensorrt_llm"
+    return {"name": model, "versions": ["1"], "platform": m["platform"],
+            "inputs": [{"name": n, "datatype": d, "shape": [-1, 1] if batched else [1]} for n, d in m["inputs"].items()],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1, -1] if batched else [-1]}]}
+
+
+def model_stats(b: Behaviour, model: str | None) -> dict[str, Any]:
+    with b.lock:
+        rows = []
+        for name, s in b.stats.items():
+            if model and name != model:
+                continue
+            rows.append({"name": name, "version": "1", "last_inference": str(s.last_ms),
+                         "inference_count": str(s.success), "execution_count": str(s.success),
+                         "inference_stats": {"success": {"count": str(s.success), "ns": str(s.success_ns)},
+                                             "fail": {"count": str(s.fail), "ns": str(s.fail_ns)}}})
+    return {"model_stats": rows}
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------------
+
+def _handler(b: Behaviour):  # type: ignore[no-untyped-def]
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "triton-test-double"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _json(self, code: int, obj: Any) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _empty(self, code: int) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            p = self.path.rstrip("/")
+            if p == "/v2/health/live":
+                return self._empty(200)
+            if p == "/v2/health/ready":
+                return self._empty(200 if b.ready else 400)
+            if p == "/v2":
+                return self._json(200, server_metadata())
+            m = re.fullmatch(r"/v2/models/([^/]+)(?:/versions/\d+)?(/ready|/stats)?", p)
+            if m and m.group(1) in MODELS:
+                if m.group(2) == "/ready":
+                    return self._empty(200 if b.ready else 400)
+                if m.group(2) == "/stats":
+                    return self._json(200, model_stats(b, m.group(1)))
+                return self._json(200, model_metadata(m.group(1)))
+            if m:
+                return self._json(400, {"error": f"Request for unknown model: '{m.group(1)}' is not found"})
+            self._json(404, {"error": "Not Found"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            m = re.fullmatch(r"/v2/models/([^/]+)(?:/versions/\d+)?/(generate|generate_stream)", self.path)
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n)
+            if not m:
+                return self._json(404, {"error": "Not Found"})
+            model, streaming = m.group(1), m.group(2) == "generate_stream"
+            t0 = time.perf_counter_ns()
+            try:
+                obj = json.loads(body)
+                vals = {k: (v if isinstance(v, list) else [v]) for k, v in obj.items()}
+                plan = make_plan(model, vals)
+            except (ValueError, RequestError) as e:
+                return self._json(400, {"error": str(e)})
+            if not streaming:
+                time.sleep(b.ttft_s + b.itl_s * max(0, len(plan.chunks) - 1))
+                if plan.fail_after is not None:
+                    b.record(model, False, time.perf_counter_ns() - t0)
+                    return self._json(400, {"error": plan.fail_message})
+                b.record(model, True, time.perf_counter_ns() - t0)
+                text = b"".join(plan.chunks).decode("utf-8", "surrogateescape")
+                return self._raw_json(200, {"model_name": model, "model_version": "1", "text_output": text})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for i, chunk in enumerate(plan.chunks):
+                    d = _delays(b, i)
+                    if d:
+                        time.sleep(d)
+                    if plan.fail_after is not None and i >= plan.fail_after:
+                        self.wfile.write(b"data: " + json.dumps({"error": plan.fail_message}).encode() + b"\n\n")
+                        self.wfile.flush()
+                        b.record(model, False, time.perf_counter_ns() - t0)
+                        return
+                    doc = {"model_name": model, "model_version": "1",
+                           "text_output": chunk.decode("utf-8", "surrogateescape")}
+                    # raw bytes inside the JSON string, as Triton writes BYTES tensors (may split UTF-8)
+                    line = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
+                    self.wfile.write(b"data: " + line + b"\n\n")
+                    self.wfile.flush()
+                b.record(model, True, time.perf_counter_ns() - t0)
+            except (BrokenPipeError, ConnectionResetError):
+                b.record(model, False, time.perf_counter_ns() - t0)
+
+        def _raw_json(self, code: int, obj: Any) -> None:
+            data = json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogateescape")
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+class TritonDouble:
+    """Start/stop both endpoints on 127.0.0.1 (port 0 picks a free port). ``behaviour`` may be changed
+    while running. Use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, grpc_port: int = 0, http_port: int = 0, behaviour: Behaviour | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.host = host
+        self._want = (grpc_port, http_port)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grpc: Any = None
+        self._threads: list[threading.Thread] = []
+        self._http: _HTTPServer | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    def start(self) -> TritonDouble:
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc as pbg
+
+        ready = threading.Event()
+        err: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                self._grpc = grpc.aio.server(options=[("grpc.max_concurrent_streams", 4096),
+                                                      ("grpc.so_reuseport", 0)])
+                pbg.add_GRPCInferenceServiceServicer_to_server(_servicer(self.behaviour), self._grpc)
+                self.grpc_port = self._grpc.add_insecure_port(f"{self.host}:{self._want[0]}")
+                await self._grpc.start()
+
+            try:
+                loop.run_until_complete(main())
+            except BaseException as e:  # noqa: BLE001
+                err.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        t = threading.Thread(target=serve, name="triton-double-grpc", daemon=True)
+        t.start()
+        ready.wait(30)
+        if err:
+            raise err[0]
+        self._http = _HTTPServer((self.host, self._want[1]), _handler(self.behaviour))
+        self.http_port = self._http.server_address[1]
+        h = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
+                             name="triton-double-http", daemon=True)
+        h.start()
+        self._threads = [t, h]
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._loop is not None and self._grpc is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._grpc.stop(0.5), self._loop)
+            try:
+                fut.result(5)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+        for t in self._threads:
+            t.join(5)
+
+    def __enter__(self) -> TritonDouble:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Triton protocol TEST DOUBLE (no model; canned tokens).")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token (ms)")
+    ap.add_argument("--itl-ms", type=float, default=0.0, help="delay between tokens (ms)")
+    a = ap.parse_args(argv)
+    d = TritonDouble(a.grpc_port, a.http_port, Behaviour(ttft_s=a.ttft_ms / 1000, itl_s=a.itl_ms / 1000), a.host)
+    d.start()
+    print(f"Triton TEST DOUBLE: gRPC {d.grpc_url}  HTTP {d.http_url}  (ttft {a.ttft_ms} ms, itl {a.itl_ms} ms)",
+          flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.stop()
+
+
+if __name__ == "__main__":
+    main()
