@@ -47,3 +47,18 @@ sys-deps: ## install the apt packages the namespace and Slurm tests need (only t
 
 image: $(STAMP) ## build the container image (IMAGE_TARGET=llmapi|engine; docker buildx, else podman/buildah)
 	$(BIN)/dsv3ctl image build --target $(IMAGE_TARGET)
+
+# --- local Kubernetes testbed (issue 4; docs/testbed.md) -----------------------------------------
+TESTBED := $(BIN)/python -m dsv3ctl.adapters.testbed
+
+testbed-up: $(STAMP) tools ## start the local cluster (etcd, apiserver, kcm, scheduler, kwok GPU nodes, LWS) on 127.0.0.1
+	@$(TESTBED) up
+
+testbed-down: ## stop every testbed process by PID (logs stay in .run/testbed/logs)
+	@$(TESTBED) down
+
+testbed-status: ## health of each testbed component and the number of Ready nodes
+	@$(TESTBED) status
+
+testbed-env: ## print exports: eval "$(make -s testbed-env)" puts the pinned kubectl/helm first and sets KUBECONFIG
+	@$(TESTBED) env

@@ -47,3 +47,33 @@ def write_spec(tmp_path):
         return p
 
     return write
+
+
+# --- local Kubernetes testbed (issue 4; docs/testbed.md) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def testbed(request):
+    """The local cluster on 127.0.0.1 (``dsv3ctl.adapters.testbed``), started once per test session.
+
+    Reuses a healthy cluster already running in the run directory (``make testbed-up``, or another
+    session); stops it at the end only if a test session started it and no other session still uses it
+    (``DSV3CTL_TESTBED_KEEP=1`` keeps it). Returns a :class:`dsv3ctl.adapters.testbed.Testbed` with
+    ``kubeconfig``, ``bin_dir``, ``env``, ``helm``, ``helm3``, ``kubectl``, ``kubeconform``, ``lws_crd_dir``,
+    ``nodes`` and ``api_client()``. On failure the component log tails are printed.
+    """
+    from dsv3ctl.adapters import testbed as tb
+    from dsv3ctl.errors import Dsv3Error
+
+    try:
+        handle = tb.acquire()
+    except Dsv3Error as e:
+        pytest.fail(f"testbed did not come up: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), pytrace=False)
+    failed_before = request.session.testsfailed
+    yield handle
+    if request.session.testsfailed > failed_before:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"\n[testbed] tests failed; component log tails ({handle.run_dir / 'logs'}):")
+            reporter.write_line(handle.log_tails(20))
+    tb.release(handle)

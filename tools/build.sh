@@ -72,4 +72,28 @@ step kwok kwok kwokctl -- build_kwok
 step lws lws-manager -- gobuild lws lws-manager "-s -w" sigs.k8s.io/lws/cmd
 # kubectl comes from the same release as the server, so client and server never skew.
 step k8s kube-apiserver kube-controller-manager kube-scheduler kubectl -- build_k8s
+
+# Data the testbed needs at run time, copied from the Go module cache of the same pinned modules so the
+# testbed never needs Go or the network: the LWS CRDs and webhook manifest (same tag as lws-manager) and
+# kwok's default "fast" stages (what kwokctl would configure).
+share="$root/$key/share"
+mod_dir() {  # mod_dir TOOL_DIR MODULE: the module's directory in the module cache (downloads if needed)
+  (cd "$here/$1" && go mod download "$2" && go list -m -f '{{.Dir}}' "$2")
+}
+copy_share() {
+  local lws kwok tmp="$share.tmp"
+  lws=$(mod_dir lws sigs.k8s.io/lws); kwok=$(mod_dir kwok sigs.k8s.io/kwok)
+  rm -rf "$tmp"; mkdir -p "$tmp/lws/crd" "$tmp/lws/webhook" "$tmp/kwok/stages"
+  cp "$lws"/config/crd/bases/*.yaml "$tmp/lws/crd/"
+  cp "$lws/config/webhook/manifests.yaml" "$tmp/lws/webhook/"
+  cp "$kwok/kustomize/stage/node/fast/node-initialize.yaml" \
+     "$kwok/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+     "$kwok/kustomize/stage/pod/fast/pod-ready.yaml" "$kwok/kustomize/stage/pod/fast/pod-complete.yaml" \
+     "$kwok/kustomize/stage/pod/fast/pod-delete.yaml" "$tmp/kwok/stages/"
+  chmod -R u+w "$tmp"          # files in the module cache are read-only
+  touch "$tmp/.complete"
+  rm -rf "$share" && mv "$tmp" "$share"
+}
+if [[ -f $share/.complete ]]; then echo "[tools] share: cached"
+else echo "[tools] share: copying LWS CRDs/webhooks and kwok stages"; copy_share; fi
 echo "$bin"
