@@ -15,6 +15,7 @@ import typer
 
 from dsv3ctl import __version__
 from dsv3ctl.cli import plan as _plan
+from dsv3ctl.cli import repo as _repo
 from dsv3ctl.cli import spec as _spec
 from dsv3ctl.cli._common import STATE
 
@@ -46,6 +47,7 @@ def _root(
 # Mounts: a noun module registers its commands on ``app`` (top-level verbs) or exposes a Typer group.
 _spec.register(app)
 _plan.register(app)
+_repo.register(app)
 
 
 def main() -> None:
