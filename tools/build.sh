@@ -4,7 +4,7 @@
 #   tools/build.sh            build what is missing, print the bin directory on the last line
 #   tools/build.sh --print    print the bin directory (cache key) without building
 #
-# Cache key: sha256 over this script, every tools/*/go.mod and go.sum and the Go version, so a
+# Cache key: sha256 over the pinned versions, every tools/*/go.mod and go.sum and the Go version, so a
 # change of any pinned version gives a new directory and a warm machine never rebuilds.
 # Location: $DSV3CTL_TOOLS_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/dsv3ctl/tools/<key>/bin.
 # Nothing here is committed: only go.mod/go.sum of the tool modules are.
@@ -18,7 +18,10 @@ K8S_MINOR=36
 HELM4_VERSION=v4.2.4        # tools/helm4/go.mod
 HELM3_VERSION=v3.21.4       # tools/helm3/go.mod
 
-key=$( { cat "$0"; for f in "$here"/*/go.mod "$here"/*/go.sum; do echo "$f"; cat "$f"; done; go version; } \
+# The key covers what changes the binaries (pinned modules, versions stamped in, Go), not this script's
+# other lines: editing the share-copy step below must not trigger a 30-minute rebuild.
+key=$( { echo "k8s=$K8S_VERSION helm4=$HELM4_VERSION helm3=$HELM3_VERSION"
+         for f in "$here"/*/go.mod "$here"/*/go.sum; do echo "${f#"$here"/}"; cat "$f"; done; go version; } \
        | sha256sum | cut -c1-16)
 root=${DSV3CTL_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dsv3ctl/tools}
 bin="$root/$key/bin"
