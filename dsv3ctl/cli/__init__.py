@@ -14,9 +14,13 @@ from typing import Annotated
 import typer
 
 from dsv3ctl import __version__
+from dsv3ctl.cli import launch as _launch
+from dsv3ctl.cli import clients as _clients
+from dsv3ctl.cli import deploy as _deploy
 from dsv3ctl.cli import plan as _plan
 from dsv3ctl.cli import repo as _repo
 from dsv3ctl.cli import spec as _spec
+from dsv3ctl.cli import weights as _weights
 from dsv3ctl.cli._common import STATE
 
 app = typer.Typer(
@@ -47,7 +51,11 @@ def _root(
 # Mounts: a noun module registers its commands on ``app`` (top-level verbs) or exposes a Typer group.
 _spec.register(app)
 _plan.register(app)
+_deploy.register(app)
+_clients.register(app)
 _repo.register(app)
+_launch.register(app)
+_weights.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""``dsv3ctl launch leader|worker|rank``: the in-container launcher that turns one LeaderWorkerSet group of pods
+(or any host list) into one MPI world running Triton/TensorRT-LLM. See docs/launch.md for the contract.
+
+Every value comes from the spec (``--spec``/``DSV3CTL_SPEC``: serving, parallelism, launch sections) and can be
+overridden by a flag; the group comes from LeaderWorkerSet's environment or ``--hosts``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dsv3ctl.cli._common import SpecOpt, load
+
+launch_app = typer.Typer(name="launch", help="In-container launcher: leader (mpirun), worker (sshd + watchdog), "
+                                             "rank (exec the server of one MPI rank).", no_args_is_help=True)
+
+LeaderAddrOpt = Annotated[str | None, typer.Option("--leader-address", envvar="LWS_LEADER_ADDRESS", show_envvar=True,
+                                                   help="<lws>-<group>.<lws>.<namespace>; workers are derived from it.")]
+GroupSizeOpt = Annotated[int | None, typer.Option("--group-size", envvar="LWS_GROUP_SIZE", show_envvar=True,
+                                                  help="Pods in the group (leader included); default parallelism.nodes.")]
+WorkerIndexOpt = Annotated[int | None, typer.Option("--worker-index", envvar="LWS_WORKER_INDEX", show_envvar=True,
+                                                    help="This pod's index in the group (0 = leader); logged.")]
+HostsOpt = Annotated[str | None, typer.Option("--hosts", help="Comma list of every host, leader first (instead of LWS).")]
+SshPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="sshd port (default launch.ssh_port = 2222).")]
+SecretOpt = Annotated[Path | None, typer.Option("--ssh-secret-dir", help="Mounted SSH Secret (default /etc/dsv3ctl/ssh).")]
+RuntimeOpt = Annotated[Path | None, typer.Option("--runtime-dir", help="Where keys/configs/hostfile go (default /run/dsv3ctl).")]
+GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Slots per host (default parallelism.gpus_per_node).")]
+ShmOpt = Annotated[float | None, typer.Option("--shm-min-gib", help="Preflight: smallest /dev/shm in GiB.")]
+RdmaOpt = Annotated[bool | None, typer.Option("--rdma/--no-rdma", envvar="DSV3CTL_RDMA", show_envvar=True,
+                                              help="An RDMA resource was requested (checks /dev/infiniband, memlock).")]
+SkipOpt = Annotated[list[str] | None, typer.Option("--skip-preflight", help="Skip a preflight check: shm, memlock, "
+                                                                            "infiniband or gpus (repeatable).")]
+ModeOpt = Annotated[str | None, typer.Option("--mode", help="engine | llmapi (default serving.mode).")]
+FrontendOpt = Annotated[str | None, typer.Option("--frontend", help="llmapi: tritonserver | trtllm-serve.")]
+RepoOpt = Annotated[str | None, typer.Option("--model-repo", help="Triton model repository (default launch.model_repository).")]
+ModelDirOpt = Annotated[str | None, typer.Option("--model-dir", help="HF checkpoint dir for trtllm-serve (default launch.model_dir).")]
+HttpOpt = Annotated[int | None, typer.Option("--http-port")]
+GrpcOpt = Annotated[int | None, typer.Option("--grpc-port")]
+MetricsOpt = Annotated[int | None, typer.Option("--metrics-port")]
+TritonOpt = Annotated[str | None, typer.Option("--tritonserver", help="tritonserver executable (default: from PATH).")]
+TpOpt = Annotated[int | None, typer.Option("--tp")]
+PpOpt = Annotated[int | None, typer.Option("--pp")]
+EpOpt = Annotated[int | None, typer.Option("--moe-ep")]
+MbsOpt = Annotated[int | None, typer.Option("--max-batch-size")]
+MntOpt = Annotated[int | None, typer.Option("--max-num-tokens")]
+MslOpt = Annotated[int | None, typer.Option("--max-seq-len")]
+KvOpt = Annotated[float | None, typer.Option("--kv-cache-free-gpu-mem-fraction")]
+ExtraOpt = Annotated[str | None, typer.Option("--extra-llm-api-options", help="trtllm-serve extra LLM API YAML.")]
+
+
+def _rank_cfg(s: Any, **kw: Any) -> Any:
+    from dsv3ctl.errors import SpecError
+    from dsv3ctl.render.launch import rank_config_from_spec
+
+    if kw.get("mode") not in (None, "engine", "llmapi"):
+        raise SpecError(f"--mode={kw['mode']!r}: use engine or llmapi")
+    if kw.get("frontend") not in (None, "tritonserver", "trtllm-serve"):
+        raise SpecError(f"--frontend={kw['frontend']!r}: use tritonserver or trtllm-serve")
+    return rank_config_from_spec(s, **kw)
+
+
+def _group(s: Any, hosts: str | None, leader_address: str | None, group_size: int | None) -> list[str]:
+    from dsv3ctl.errors import SpecError
+    from dsv3ctl.render.launch import group_from_hosts, group_from_leader_address
+
+    if hosts:
+        return list(group_from_hosts(hosts.split(",")).hosts)
+    if not leader_address:
+        raise SpecError("no group: set LWS_LEADER_ADDRESS (LeaderWorkerSet does) or --leader-address, or pass "
+                        "--hosts leader,worker1,...")
+    return list(group_from_leader_address(leader_address, group_size or s.parallelism.nodes).hosts)
+
+
+def leader(
+    spec: SpecOpt = None, leader_address: LeaderAddrOpt = None, group_size: GroupSizeOpt = None,
+    worker_index: WorkerIndexOpt = None, hosts: HostsOpt = None, ssh_port: SshPortOpt = None,
+    ssh_secret_dir: SecretOpt = None, runtime_dir: RuntimeOpt = None, gpus_per_node: GpnOpt = None,
+    shm_min_gib: ShmOpt = None, rdma: RdmaOpt = None, skip_preflight: SkipOpt = None,
+    wait_timeout: Annotated[int | None, typer.Option("--wait-timeout", help="Seconds to wait for workers "
+                                                                            "(default launch.worker_wait_timeout_s).")] = None,
+    engine_dir: Annotated[str | None, typer.Option("--engine-dir", help="Engine dir whose config.json gives tp x pp.")] = None,
+    mode: ModeOpt = None, frontend: FrontendOpt = None, model_repo: RepoOpt = None, model_dir: ModelDirOpt = None,
+    http_port: HttpOpt = None, grpc_port: GrpcOpt = None, metrics_port: MetricsOpt = None,
+    tritonserver: TritonOpt = None, extra_llm_api_options: ExtraOpt = None,
+) -> None:
+    """Leader pod: preflight, check world size, set up SSH, wait for workers, write the hostfile, run mpirun.
+
+    Exit code: mpirun's; 2 for a world-size mismatch or bad input; 1 when workers never appear or preflight fails.
+    """
+    from dsv3ctl.adapters import launcher as L
+
+    s = load(spec)
+    lc = s.launch
+    gpn = gpus_per_node or s.parallelism.gpus_per_node
+    group = _group(s, hosts, leader_address, group_size)
+    if worker_index not in (None, 0):
+        L.log("leader", f"warning: LWS_WORKER_INDEX={worker_index} but running as leader")
+    cfg = _rank_cfg(s, mode=mode, frontend=frontend, model_repository=model_repo, model_dir=model_dir,
+                    http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, tritonserver=tritonserver,
+                    extra_llm_api_options=extra_llm_api_options)
+    L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
+                rdma=lc.rdma if rdma is None else rdma, gpus_per_node=gpn, skip=skip_preflight or [])
+    rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
+                      secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir),
+                      wait_timeout_s=wait_timeout or lc.worker_wait_timeout_s,
+                      engine_dir=engine_dir if engine_dir is not None else lc.engine_dir)
+    raise typer.Exit(rc)
+
+
+def worker(
+    spec: SpecOpt = None, leader_address: LeaderAddrOpt = None, group_size: GroupSizeOpt = None,
+    worker_index: WorkerIndexOpt = None, hosts: HostsOpt = None, ssh_port: SshPortOpt = None,
+    ssh_secret_dir: SecretOpt = None, runtime_dir: RuntimeOpt = None, gpus_per_node: GpnOpt = None,
+    shm_min_gib: ShmOpt = None, rdma: RdmaOpt = None, skip_preflight: SkipOpt = None,
+) -> None:
+    """Worker pod: preflight, install SSH keys, run sshd in the foreground with a watchdog that exits (1) once
+    the leader's session is gone, so LeaderWorkerSet recreates the whole group."""
+    from dsv3ctl.adapters import launcher as L
+
+    s = load(spec)
+    lc = s.launch
+    group = _group(s, hosts, leader_address, group_size)
+    if worker_index == 0:
+        L.log("worker", "warning: LWS_WORKER_INDEX=0 is the leader's index")
+    L.preflight("worker", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
+                rdma=lc.rdma if rdma is None else rdma, gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
+                skip=skip_preflight or [])
+    rc = L.run_worker(group=group, ssh_port=ssh_port or lc.ssh_port,
+                      secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir))
+    raise typer.Exit(rc)
+
+
+def rank(
+    spec: SpecOpt = None,
+    rank_: Annotated[int | None, typer.Option("--rank", help="MPI rank (default: OMPI_COMM_WORLD_RANK, PMIX_RANK, "
+                                                             "SLURM_PROCID or PMI_RANK).")] = None,
+    mode: ModeOpt = None, frontend: FrontendOpt = None, model_repo: RepoOpt = None, model_dir: ModelDirOpt = None,
+    http_port: HttpOpt = None, grpc_port: GrpcOpt = None, metrics_port: MetricsOpt = None,
+    tritonserver: TritonOpt = None, tp: TpOpt = None, pp: PpOpt = None, moe_ep: EpOpt = None,
+    max_batch_size: MbsOpt = None, max_num_tokens: MntOpt = None, max_seq_len: MslOpt = None,
+    kv_cache_free_gpu_mem_fraction: KvOpt = None, extra_llm_api_options: ExtraOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the server argv instead of exec'ing it.")] = False,
+) -> None:
+    """One MPI rank: exec the server for this rank (engine: tritonserver in leader mode; llmapi:
+    trtllm-llmapi-launch with tritonserver or trtllm-serve)."""
+    from dsv3ctl.adapters import launcher as L
+    from dsv3ctl.render.launch import shell_join
+
+    s = load(spec)
+    cfg = _rank_cfg(s, mode=mode, frontend=frontend, model_repository=model_repo, model_dir=model_dir,
+                    http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, tritonserver=tritonserver,
+                    tp=tp, pp=pp, moe_ep=moe_ep, max_batch_size=max_batch_size, max_num_tokens=max_num_tokens,
+                    max_seq_len=max_seq_len, kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
+                    extra_llm_api_options=extra_llm_api_options)
+    argv = L.exec_rank(cfg, rank_, dry_run=dry_run)
+    typer.echo(shell_join(argv))
+
+
+def register(app: typer.Typer) -> None:
+    launch_app.command("leader")(leader)
+    launch_app.command("worker")(worker)
+    launch_app.command("rank")(rank)
+    app.add_typer(launch_app, name="launch")
