@@ -1,0 +1,489 @@
+"""FP8 -> BF16 cast of a DeepSeek-V3 checkpoint: streaming, bounded memory, parallel, resumable.
+
+Semantics (deepseek-ai/DeepSeek-V3 ``inference/fp8_cast_bf16.py`` and ``inference/kernel.py``
+``weight_dequant`` @ 9b4e9788): for every float8_e4m3fn weight W [M, N] with ``<name>_scale_inv`` S
+(float32, [ceil(M/128), ceil(N/128)], row-major), the output is ``bf16(float32(W) * S[i//128, j//128])``
+with round-to-nearest-even; a partial edge block uses its block's scale; other tensors are copied
+byte for byte; the scale is looked up through the index, so it may sit in another shard. Differences
+from the reference, on purpose: output shards carry ``{"format": "pt"}`` metadata, the new index keeps
+``metadata.total_size``, config.json loses ``quantization_config``, the small files are copied, a weight
+without a scale is an error (the reference keeps it FP8 with a warning).
+
+Mechanics:
+- Each output shard is written front to back to ``.<name>.partial`` (header first: every output shape is
+  known from the input header), hashed while written, fsynced, then renamed; ``.dsv3ctl/cast-manifest.json``
+  records size and sha256 per finished shard (atomic rewrite). A rerun deletes stray ``.partial``
+  files and skips shards that the manifest lists with a matching size and header; the output is
+  deterministic, so ``kill -9`` at any point + rerun gives byte-identical files.
+- Memory: payload is read in row chunks of ``chunk_bytes`` (64 MiB of FP8 by default) with plain reads
+  (no mmap), so each worker holds about 3.5 x chunk_bytes (input, BF16 output, index scratch).
+- CPU path (numpy + ml_dtypes): per 128-row block, a [ceil(N/128), 256] table of BF16 values
+  ``bf16(fp8_value(b) * s)`` is built and the output is one gather, which is exactly the reference's
+  per-element function (float32 product then RNE) at ~2 passes over memory.
+- GPU path (torch, optional; a Triton kernel when triton is importable, else torch ops): workers are
+  threads, one CUDA stream each, so reading, computing and writing of different shards overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dsv3ctl.core.checkpoint import (
+    CHECKSUMS_NAME, INDEX_NAME, STATE_DIR, TensorEntry, checksums_doc, encode_header, load_index, read_header,
+    sha256_file,
+)
+from dsv3ctl.core.model import BLOCK, ceil_div
+from dsv3ctl.errors import RuntimeFailure, SpecError
+from dsv3ctl.fsutil import atomic_write_text
+
+MANIFEST_NAME = "cast-manifest.json"
+PARTIAL_SUFFIX = ".partial"
+OUT_METADATA = {"format": "pt"}
+CHUNK_BYTES = 64 * 1024 * 1024
+COPY_CHUNK = 16 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class OutTensor:
+    """One output tensor: ``op`` is "copy" (bytes unchanged) or "cast" (FP8 + scale -> BF16)."""
+
+    name: str
+    op: str
+    src: TensorEntry
+    scale_name: str | None = None
+
+
+@dataclass
+class ShardPlan:
+    name: str
+    tensors: list[OutTensor]
+    header: bytes  # 8-byte length + JSON header of the output file
+    entries: list[TensorEntry]
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + (self.entries[-1].end if self.entries else 0)
+
+
+@dataclass
+class CastPlan:
+    src: Path
+    dst: Path
+    shards: list[ShardPlan]
+    weight_map: dict[str, str]
+    total_size: int
+    source_fingerprint: str
+    small_files: list[str] = field(default_factory=list)
+
+
+def plan_cast(src: str | Path, dst: str | Path) -> CastPlan:
+    """Work out every output shard's header from the input headers (nothing is read but headers).
+
+    Raises SpecError when SRC is not a checkpoint or DST is inside SRC; RuntimeFailure when a shard is
+    corrupt or an FP8 weight has no ``_scale_inv`` anywhere in the index.
+    """
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if not s.is_dir():
+        raise SpecError(f"SRC {src}: not a directory; pass the FP8 checkpoint directory")
+    if s == d or s in d.parents:
+        raise SpecError(f"DST {dst} is inside SRC {src}; choose a directory next to it, e.g. {s.name}-bf16")
+    idx = load_index(s)
+    headers = {sh: read_header(s / sh) for sh in idx.shards}
+    bad = [f"{sh}: {p}" for sh, h in headers.items() for p in h.problems]
+    if bad:
+        raise RuntimeFailure("corrupt shard headers: " + "; ".join(bad[:5]) + "; run `dsv3ctl weights verify SRC`")
+    fp = hashlib.sha256()
+    fp.update(json.dumps(idx.weight_map, sort_keys=True).encode())
+    consumed: set[str] = set()
+    shard_plans: list[ShardPlan] = []
+    weight_map: dict[str, str] = {}
+    for sh in idx.shards:
+        h = headers[sh]
+        size = (s / sh).stat().st_size
+        if size != h.expected_size:
+            raise RuntimeFailure(f"{s / sh}: {size} bytes, header says {h.expected_size} (incomplete); "
+                                 "download it again")
+        fp.update(f"{sh}:{size}:{h.header_len}".encode())
+        outs: list[OutTensor] = []
+        for e in sorted(h.tensors.values(), key=lambda t: t.begin):
+            if e.dtype == "F8_E4M3":
+                sname = e.name + "_scale_inv"
+                ssh = idx.weight_map.get(sname)
+                if ssh is None or sname not in headers[ssh].tensors:
+                    raise RuntimeFailure(f"{e.name} is FP8 but {sname} is not in the index; the checkpoint is "
+                                         "incomplete (run `dsv3ctl weights verify SRC`)")
+                se = headers[ssh].tensors[sname]
+                if len(e.shape) != 2 or se.dtype != "F32" or se.shape != (ceil_div(e.shape[0], BLOCK),
+                                                                           ceil_div(e.shape[1], BLOCK)):
+                    raise RuntimeFailure(f"{sname}: {se.dtype}{list(se.shape)} does not fit {e.name} "
+                                         f"{list(e.shape)} (expected F32 [ceil(M/128), ceil(N/128)])")
+                consumed.add(sname)
+                outs.append(OutTensor(e.name, "cast", e, sname))
+            else:
+                outs.append(OutTensor(e.name, "copy", e))
+        shard_plans.append(ShardPlan(sh, outs, b"", []))
+    total = 0
+    for sp in shard_plans:
+        sp.tensors = [t for t in sp.tensors if t.name not in consumed]
+        header, entries = encode_header(
+            [(t.name, "BF16" if t.op == "cast" else t.src.dtype, t.src.shape) for t in sp.tensors], OUT_METADATA)
+        sp.header, sp.entries = header, entries
+        total += entries[-1].end if entries else 0
+        for t in sp.tensors:
+            weight_map[t.name] = sp.name
+    small = sorted(
+        str(p.relative_to(s)) for p in s.rglob("*")
+        if p.is_file() and not p.name.endswith(".safetensors") and p.name != INDEX_NAME
+        and not any(part.startswith(".") for part in p.relative_to(s).parts)
+    )
+    return CastPlan(s, d, shard_plans, dict(sorted(weight_map.items())), total, fp.hexdigest(), small)
+
+
+# --------------------------------------------------------------------------------------------- kernels
+
+
+def _fp8_lut() -> Any:
+    import ml_dtypes
+    import numpy as np
+
+    return np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+
+
+class CpuDequant:
+    """numpy + ml_dtypes dequantizer: ``__call__(w_u8 [r, N], scale_rows [ceil(r/128), Nb]) -> uint16 [r, N]``
+    holding BF16 bits. ``r`` is a multiple of 128 except for a tensor's last chunk."""
+
+    def __init__(self) -> None:
+        import ml_dtypes
+        import numpy as np
+
+        self.np = np
+        self.bf16 = ml_dtypes.bfloat16
+        self.lut = _fp8_lut()
+        self._colblk: dict[int, Any] = {}
+
+    def __call__(self, w: Any, s: Any) -> Any:
+        np = self.np
+        r, n = w.shape
+        nb = ceil_div(n, BLOCK)
+        cb = self._colblk.get(n)
+        if cb is None:  # column j reads table row j // 128; nb * 256 <= 65536 for every DeepSeek-V3 shape
+            dt = np.uint16 if nb * 256 <= 65536 else np.int32
+            cb = self._colblk[n] = ((np.arange(n) // BLOCK) * 256).astype(dt)
+        out = np.empty((r, n), np.uint16)
+        idx = np.empty((min(r, BLOCK), n), cb.dtype)
+        for b, i in enumerate(range(0, r, BLOCK)):
+            rows = min(BLOCK, r - i)
+            table = (s[b][:, None] * self.lut[None, :]).astype(self.bf16).view(np.uint16).ravel()
+            np.add(w[i:i + rows], cb, out=idx[:rows], casting="unsafe")
+            np.take(table, idx[:rows], out=out[i:i + rows])
+        return out
+
+
+class TorchDequant:
+    """torch dequantizer on one CUDA device; a Triton kernel when triton imports, else torch ops.
+    ``__call__(w_u8 cuda [r, N], s cuda float32 [ceil(r/128), Nb]) -> bf16 cuda [r, N]``."""
+
+    def __init__(self, device: str = "cuda") -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.kernel = None
+        try:
+            from dsv3ctl.adapters import _cast_triton
+
+            self.kernel = _cast_triton.dequant
+        except Exception:  # noqa: BLE001 - triton missing or broken: fall back to torch ops
+            self.kernel = None
+
+    def __call__(self, w: Any, s: Any) -> Any:
+        if self.kernel is not None:
+            return self.kernel(w, s)
+        torch = self.torch
+        r, n = w.shape
+        x = w.view(torch.float8_e4m3fn).to(torch.float32)
+        ex = s.repeat_interleave(BLOCK, 0)[:r].repeat_interleave(BLOCK, 1)[:, :n]
+        return (x * ex).to(torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class CastResult:
+    dst: str
+    shards_total: int
+    shards_done: int
+    shards_skipped: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    device: str
+    workers: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _read_exact(f: Any, offset: int, n: int, into: Any = None) -> Any:
+    f.seek(offset)
+    if into is None:
+        into = bytearray(n)
+    mv = memoryview(into).cast("B")[:n]
+    got = 0
+    while got < n:
+        k = f.readinto(mv[got:])
+        if not k:
+            raise RuntimeFailure(f"{f.name}: unexpected end of file at {offset + got} (input changed while casting?)")
+        got += k
+    return into
+
+
+class _Writer:
+    """Sequential writer of one output shard: temp name, sha256 while writing, fsync, rename."""
+
+    def __init__(self, final: Path, hash_: bool) -> None:
+        self.final = final
+        self.tmp = final.with_name("." + final.name + PARTIAL_SUFFIX)
+        self.f = self.tmp.open("wb")
+        self.h = hashlib.sha256() if hash_ else None
+        self.n = 0
+
+    def write(self, data: Any) -> None:
+        mv = memoryview(data).cast("B")
+        if self.h is not None:
+            self.h.update(mv)
+        self.f.write(mv)
+        self.n += len(mv)
+
+    def commit(self) -> tuple[int, str | None]:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.final)
+        return self.n, self.h.hexdigest() if self.h is not None else None
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _scale_reader(plan: CastPlan, idx_map: dict[str, str]) -> Callable[[str], Any]:
+    headers: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def get(name: str) -> Any:
+        import numpy as np
+
+        sh = idx_map[name]
+        with lock:
+            h = headers.get(sh) or headers.setdefault(sh, read_header(plan.src / sh))
+        e = h.tensors[name]
+        with (plan.src / sh).open("rb") as f:
+            raw = _read_exact(f, h.data_start + e.begin, e.nbytes)
+        return np.frombuffer(raw, dtype="<f4").reshape(e.shape)
+
+    return get
+
+
+def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], device: str,
+                chunk_bytes: int, progress: Callable[[int], None], hash_: bool) -> tuple[int, str | None]:
+    import numpy as np
+
+    src_h = read_header(plan.src / sp.name)
+    w = _Writer(plan.dst / sp.name, hash_)
+    try:
+        w.write(sp.header)
+        cpu = CpuDequant() if device == "cpu" else None
+        gpu = TorchDequant() if device != "cpu" else None
+        stream = None
+        if gpu is not None:
+            stream = gpu.torch.cuda.Stream()
+        with (plan.src / sp.name).open("rb") as f:
+            for t in sp.tensors:
+                base = src_h.data_start + t.src.begin
+                if t.op == "copy":
+                    buf = bytearray(min(COPY_CHUNK, max(t.src.nbytes, 1)))
+                    for off in range(0, t.src.nbytes, COPY_CHUNK):
+                        n = min(COPY_CHUNK, t.src.nbytes - off)
+                        _read_exact(f, base + off, n, buf)
+                        w.write(memoryview(buf)[:n])
+                        progress(n)
+                    continue
+                m, n = t.src.shape
+                s = get_scale(t.scale_name)  # type: ignore[arg-type]
+                rows = max(BLOCK, (chunk_bytes // max(n, 1)) // BLOCK * BLOCK)
+                for r0 in range(0, m, rows):
+                    r = min(rows, m - r0)
+                    raw = _read_exact(f, base + r0 * n, r * n)
+                    wu8 = np.frombuffer(raw, dtype=np.uint8).reshape(r, n)
+                    srows = s[r0 // BLOCK: r0 // BLOCK + ceil_div(r, BLOCK)]
+                    if cpu is not None:
+                        out = cpu(wu8, srows)
+                        w.write(out.astype("<u2", copy=False))
+                    else:
+                        torch = gpu.torch  # type: ignore[union-attr]
+                        with torch.cuda.stream(stream):
+                            xin = torch.from_numpy(wu8).pin_memory().to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
+                            sin = torch.from_numpy(np.ascontiguousarray(srows)).to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
+                            y = gpu(xin, sin)  # type: ignore[misc]
+                            host = y.view(torch.int16).to("cpu")
+                        w.write(host.numpy())
+                    progress(r * n)
+        if w.n != sp.size:
+            raise RuntimeFailure(f"{sp.name}: wrote {w.n} bytes, planned {sp.size} (internal error)")
+        return w.commit()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def _load_manifest(dst: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+    p = dst / STATE_DIR / MANIFEST_NAME
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if doc.get("source_fingerprint") != fingerprint:
+        return {}
+    return dict(doc.get("shards") or {})
+
+
+def _write_manifest(dst: Path, fingerprint: str, shards: dict[str, dict[str, Any]]) -> None:
+    doc = {"source_fingerprint": fingerprint, "shards": shards}
+    atomic_write_text(dst / STATE_DIR / MANIFEST_NAME, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def _shard_done(dst: Path, sp: ShardPlan, rec: dict[str, Any] | None) -> bool:
+    p = dst / sp.name
+    if rec is None or not p.is_file() or p.stat().st_size != sp.size or rec.get("size") != sp.size:
+        return False
+    with p.open("rb") as f:
+        return f.read(len(sp.header)) == sp.header
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when torch sees a GPU, else cpu. Raises SpecError for cuda without torch/GPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise SpecError(f"--device {device!r}: use auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        has = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - torch absent or broken
+        has = False
+    if device == "cuda" and not has:
+        raise SpecError("--device cuda: torch with a visible CUDA GPU is needed (pip install torch); "
+                        "use --device cpu")
+    return "cuda" if has else "cpu"
+
+
+def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", workers: int = 0,
+                    chunk_bytes: int = CHUNK_BYTES, checksums: bool = True, progress: Callable[[int, int], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> CastResult:
+    """Cast the FP8 checkpoint SRC into a BF16 checkpoint DST (see the module docstring).
+
+    ``workers`` 0 = auto (CPU: os.cpu_count() up to 8; GPU: 4). ``checksums`` hashes every output shard
+    while writing (sha256 into ``.dsv3ctl/checksums.json`` for ``verify --checksums``); off, the manifest
+    keeps sizes only and the cast is faster on small CPUs. ``progress(done_bytes, total_bytes)`` counts input
+    payload bytes. Returns a :class:`CastResult`. Raises SpecError for bad arguments, RuntimeFailure for
+    corrupt input or I/O errors (finished shards stay; a rerun resumes).
+    """
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    if dev == "cpu":
+        try:
+            import ml_dtypes  # noqa: F401
+            import numpy  # noqa: F401
+        except ImportError:
+            raise SpecError("the CPU cast needs numpy and ml_dtypes (pip install 'dsv3ctl[weights]')") from None
+    plan = plan_cast(src, dst)
+    nworkers = workers or (min(os.cpu_count() or 1, 8) if dev == "cpu" else 4)
+    dst_p = plan.dst
+    dst_p.mkdir(parents=True, exist_ok=True)
+    for stray in dst_p.glob("." + "*" + PARTIAL_SUFFIX):
+        stray.unlink(missing_ok=True)
+    for stray in (dst_p / STATE_DIR).glob(".*.tmp") if (dst_p / STATE_DIR).is_dir() else []:
+        stray.unlink(missing_ok=True)
+    for stray in dst_p.glob(".*.tmp"):
+        stray.unlink(missing_ok=True)
+    manifest = _load_manifest(dst_p, plan.source_fingerprint)
+    todo = [sp for sp in plan.shards if not _shard_done(dst_p, sp, manifest.get(sp.name))]
+    keep = {sp.name for sp in plan.shards} - {sp.name for sp in todo}
+    manifest = {k: v for k, v in manifest.items() if k in keep}
+    idx = load_index(plan.src)
+    get_scale = _scale_reader(plan, idx.weight_map)
+    total_in = sum(t.src.nbytes for sp in todo for t in sp.tensors)
+    done = [0]
+    lock = threading.Lock()
+
+    def tick(n: int) -> None:
+        with lock:
+            done[0] += n
+            if progress:
+                progress(done[0], total_in)
+
+    def one(sp: ShardPlan) -> None:
+        size, digest = _cast_shard(plan, sp, get_scale, dev, chunk_bytes, tick, checksums)
+        with lock:
+            manifest[sp.name] = {"size": size, "sha256": digest}
+            _write_manifest(dst_p, plan.source_fingerprint, manifest)
+        if log:
+            log(f"wrote {sp.name} ({size:,} bytes)")
+
+    if log and keep:
+        log(f"resuming: {len(keep)} of {len(plan.shards)} shards already done and verified")
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(nworkers, len(todo)))) as ex:
+            futs = [ex.submit(one, sp) for sp in todo]
+            errors = []
+            for fu in futs:
+                try:
+                    fu.result()
+                except BaseException as err:  # noqa: BLE001 - collect, then raise the first
+                    errors.append(err)
+            if errors:
+                raise errors[0]
+    _finish(plan, manifest)
+    return CastResult(str(dst_p), len(plan.shards), len(todo), len(keep), total_in,
+                      sum(sp.size for sp in todo), time.perf_counter() - t0, dev, nworkers)
+
+
+def _finish(plan: CastPlan, manifest: dict[str, dict[str, Any]]) -> None:
+    """Copy the small files, write config.json (no quantization_config), the index and checksums.json."""
+    files: dict[str, dict[str, Any]] = {k: dict(v) for k, v in manifest.items()}
+    for rel in plan.small_files:
+        srcf, dstf = plan.src / rel, plan.dst / rel
+        if rel == "config.json":
+            cfg = json.loads(srcf.read_text(encoding="utf-8"))
+            cfg.pop("quantization_config", None)
+            cfg["torch_dtype"] = "bfloat16"
+            atomic_write_text(dstf, json.dumps(cfg, indent=2) + "\n")
+        else:
+            dstf.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dstf.with_name("." + dstf.name + ".tmp")
+            shutil.copyfile(srcf, tmp)
+            os.replace(tmp, dstf)
+        files[rel] = {"size": dstf.stat().st_size, "sha256": sha256_file(dstf)}
+    index = {"metadata": {"total_size": plan.total_size}, "weight_map": plan.weight_map}
+    text = json.dumps(index, indent=2) + "\n"
+    atomic_write_text(plan.dst / INDEX_NAME, text)
+    files[INDEX_NAME] = {"size": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    atomic_write_text(plan.dst / STATE_DIR / CHECKSUMS_NAME, checksums_doc(files, f"dsv3ctl weights cast-bf16 {plan.src}"))
