@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-CANNED = ("Hello", "!", " This", " is", " the", " Triton", " test", " double", ",", " not", " a", " real",
+CANNED = ("Hello", "!", " This", " is", " the", " server", " test", " double", ",", " not", " a", " real",
           " model", ".", " It", " streams", " canned", " words", " with", " injected", " delays", ".")
 UTF8_TEXT = "héllo wörld — 世界 🙂"
 FAIL_RE = re.compile(r"FAIL@(\d+)")
@@ -70,6 +70,7 @@ class Plan:
     fail_after: int | None = None
     fail_message: str = ""
     stream: bool = True
+    prompt: str = ""
 
 
 @dataclass
@@ -88,8 +89,18 @@ class Behaviour:
     ttft_s: float = 0.0
     itl_s: float = 0.0
     ready: bool = True
+    #: server-side clock (``time.perf_counter()``) per prompt: [request received, response 1 sent, ...]
+    timeline: dict[str, list[float]] = field(default_factory=dict)
     stats: dict[str, Stats] = field(default_factory=lambda: {m: Stats() for m in MODELS})
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def mark(self, prompt: str, start: bool = False) -> None:
+        t = time.perf_counter()
+        with self.lock:
+            if start:
+                self.timeline[prompt] = [t]
+            else:
+                self.timeline.setdefault(prompt, []).append(t)
 
     def record(self, model: str, ok: bool, ns: int) -> None:
         with self.lock:
@@ -127,7 +138,7 @@ def make_plan(model: str, values: dict[str, list[Any]]) -> Plan:
         chunks = [f" {tag.group(1)}:{i}".encode() for i in range(max_tokens)]
     else:
         chunks = [CANNED[i % len(CANNED)].encode() for i in range(max_tokens)]
-    plan = Plan(chunks, stream=stream)
+    plan = Plan(chunks, stream=stream, prompt=prompt)
     if (f := FAIL_RE.search(prompt)) is not None:
         plan.fail_after = int(f.group(1))
         plan.fail_message = f"injected failure after {plan.fail_after} tokens (Triton test double)"
@@ -242,6 +253,7 @@ def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
                     await q.put(pb.ModelStreamInferResponse(error_message=str(e), infer_response=response(req, None, None)))
                     return
                 fin = False if want_final else None
+                b.mark(plan.prompt, start=True)
                 if not plan.stream:
                     await asyncio.sleep(b.ttft_s + b.itl_s * max(0, len(plan.chunks) - 1))
                     if plan.fail_after is not None:
@@ -263,6 +275,7 @@ def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
                         b.record(req.model_name, False, time.perf_counter_ns() - t0)
                         return
                     await q.put(pb.ModelStreamInferResponse(infer_response=response(req, chunk, fin)))
+                    b.mark(plan.prompt)
                 if want_final:
                     await q.put(pb.ModelStreamInferResponse(infer_response=response(req, None, True)))
                 b.record(req.model_name, True, time.perf_counter_ns() - t0)
@@ -382,6 +395,7 @@ def _handler(b: Behaviour):  # type: ignore[no-untyped-def]
                 b.record(model, True, time.perf_counter_ns() - t0)
                 text = b"".join(plan.chunks).decode("utf-8", "surrogateescape")
                 return self._raw_json(200, {"model_name": model, "model_version": "1", "text_output": text})
+            b.mark(plan.prompt, start=True)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
@@ -404,6 +418,7 @@ def _handler(b: Behaviour):  # type: ignore[no-untyped-def]
                     line = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
                     self.wfile.write(b"data: " + line + b"\n\n")
                     self.wfile.flush()
+                    b.mark(plan.prompt)
                 b.record(model, True, time.perf_counter_ns() - t0)
             except (BrokenPipeError, ConnectionResetError):
                 b.record(model, False, time.perf_counter_ns() - t0)
