@@ -290,23 +290,24 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
                                       f"({'truncated' if size < h.expected_size else 'trailing bytes'})")
     rep.shards = len(idx.shards)
     # index vs headers
-    present: dict[str, TensorEntry] = {}
+    present: dict[str, TensorEntry] = {}  # the entry in the shard the index points to
     for name, shard in idx.weight_map.items():
         h = headers.get(shard)
         if h is None:
             continue
         if name not in h.tensors:
             rep.index_problems.append(f"{name}: indexed in {shard} but not in its header")
+        else:
+            present[name] = h.tensors[name]
+    stray: dict[str, TensorEntry] = {}
     for shard, h in headers.items():
         for name, e in h.tensors.items():
             if idx.weight_map.get(name) != shard:
                 where = idx.weight_map.get(name)
                 rep.index_problems.append(f"{name}: in {shard}'s header but the index says "
                                           f"{where if where else 'nothing (not indexed)'}")
-            if name in present:
-                rep.index_problems.append(f"{name}: stored twice")
-            present[name] = e
-    payload = sum(e.nbytes for e in present.values())
+                stray.setdefault(name, e)
+    payload = sum(e.nbytes for h in headers.values() for e in h.tensors.values())
     rep.bytes = payload
     if idx.total_size is None:
         if not idx.single_file:
@@ -318,7 +319,7 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
     expected = expected_inventory(cfg, rep.precision)
     rep.expected_tensors = len(expected)
     rep.found_tensors = len(present)
-    seen = set(present) | set(idx.weight_map)
+    seen = set(present) | set(idx.weight_map) | set(stray)
     rep.missing = [n for n in expected if n not in seen]
     rep.extra = sorted(n for n in seen if n not in expected)
     for name, spec in expected.items():
