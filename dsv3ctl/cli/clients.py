@@ -82,11 +82,11 @@ async def _generate(ep: Endpoint, model: str, kind: Any, prompt: str, params: Ge
     tensors = build_tensors(kind, prompt, params, stream) if ep.protocol == "grpc" else []
     body = build_generate_body(kind, prompt, params, stream) if ep.protocol == "http" else {}
     parts: list[str] = []
-    t0 = time.perf_counter()
     first = last = None
     responses = 0
     error = None
     async with GenClient(ep) as c:
+        t0 = time.perf_counter()  # after the client libraries are imported and set up
         try:
             async for ch in c.stream(model, tensors, body, stream):
                 if ch.nbytes:
@@ -289,7 +289,7 @@ def health(
                 t.add_column(c)
             for k in ("inputs", "outputs"):
                 for ts in md.get(k) or []:
-                    t.add_row(ts.get("name"), k[:-1], ts.get("datatype"), str(ts.get("shape")))
+                    t.add_row(ts.get("name"), k[:-1], ts.get("datatype"), str([int(d) for d in ts.get("shape") or []]))
             con.print(t)
         for s in (data.get("statistics") or {}).get("model_stats") or []:
             st = s.get("inference_stats") or {}
