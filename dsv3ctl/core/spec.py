@@ -232,9 +232,9 @@ class StorageSpec(_Strict):
     storage_class: str = Field("", description="newClaim: storageClassName (empty = cluster default)")
     access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
         default_factory=lambda: ["ReadWriteMany"], min_length=1, description="newClaim: access modes")
-    mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods")
-    model_subpath: str = Field("hf/DeepSeek-V3", description="Hugging Face checkpoint directory under mount_path")
-    engine_subpath: str = Field("engines", description="Engines / Triton model repository directory under mount_path")
+    mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods; launch.model_dir and "
+                                                                   "launch.model_repository must lie under it")
+    sub_path: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (volumeMount subPath; empty = its root)")
 
 
 class DeploySpec(_Strict):

@@ -1,0 +1,81 @@
+"""Adapter to the ``helm`` binary (subprocess; Helm v3.x and v4.x both work).
+
+Found as ``$DSV3CTL_HELM`` or ``helm`` on PATH. Every call raises :class:`dsv3ctl.errors.RuntimeFailure`
+(exit 1) with helm's own stderr when helm fails, and when helm is missing (naming how to get it).
+Source: Helm CLI reference (helm.sh/docs/helm), ``helm template --kube-version/--api-versions``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsv3ctl.errors import RuntimeFailure
+
+#: Kubernetes version ``render`` assumes (the chart's kubeVersion needs >= 1.27; the testbed runs 1.36).
+RENDER_KUBE_VERSION = "1.36.0"
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+
+
+def find_helm() -> str:
+    """Path of the helm executable; RuntimeFailure when none is found."""
+    env = os.environ.get("DSV3CTL_HELM")
+    if env:
+        if not (Path(env).is_file() and os.access(env, os.X_OK)):
+            raise RuntimeFailure(f"DSV3CTL_HELM={env} is not an executable file")
+        return env
+    found = shutil.which("helm")
+    if not found:
+        raise RuntimeFailure("helm is not on PATH", hint="run `make tools` and put the printed bin directory on PATH, "
+                                                         "or set DSV3CTL_HELM=/path/to/helm")
+    return found
+
+
+def run(args: list[str], *, timeout: float | None = None, helm: str | None = None) -> str:
+    """Run ``helm ARGS``; return stdout. RuntimeFailure (helm's stderr) on a non-zero exit or timeout."""
+    exe = helm or find_helm()
+    try:
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"helm {args[0]} did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"helm {' '.join(args[:2])} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def template(chart: Path, release: str, namespace: str, values_file: Path, *, helm: str | None = None,
+             kube_version: str = RENDER_KUBE_VERSION) -> str:
+    """``helm template`` with the LWS API declared available; returns the multi-document YAML."""
+    return run(["template", release, str(chart), "--namespace", namespace, "-f", str(values_file),
+                "--kube-version", kube_version, "--api-versions", LWS_API_VERSION], helm=helm)
+
+
+def split_manifests(text: str) -> list[dict[str, Any]]:
+    """Objects of a multi-document YAML stream, empty documents dropped."""
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d]
+
+
+def upgrade_install(chart: Path, release: str, namespace: str, values_file: Path, *, timeout_s: int = 300,
+                    create_namespace: bool = False, helm: str | None = None) -> str:
+    """``helm upgrade --install`` (no --wait: dsv3ctl watches the group itself)."""
+    args = ["upgrade", "--install", release, str(chart), "--namespace", namespace, "-f", str(values_file),
+            "--timeout", f"{timeout_s}s"]
+    if create_namespace:
+        args.append("--create-namespace")
+    return run(args, timeout=timeout_s + 60, helm=helm)
+
+
+def uninstall(release: str, namespace: str, *, timeout_s: int = 300, helm: str | None = None) -> str:
+    """``helm uninstall --wait``; RuntimeFailure when the release does not exist."""
+    return run(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{timeout_s}s"],
+               timeout=timeout_s + 60, helm=helm)
+
+
+def release_exists(release: str, namespace: str, *, helm: str | None = None) -> bool:
+    out = run(["list", "--namespace", namespace, "--filter", f"^{release}$", "--short", "--all"], helm=helm)
+    return release in out.split()

@@ -1,0 +1,399 @@
+"""Adapter to the Kubernetes API (official ``kubernetes`` Python client): preflight, watch, events,
+status, logs and leftovers of a dsv3 release.
+
+Objects are found by the chart's labels (``app.kubernetes.io/instance=<release>``,
+``app.kubernetes.io/name=dsv3``) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
+``.../worker-index``); sources: LWS v0.9.0 API (labels, status fields), Kubernetes API reference
+(pod conditions: PodScheduled=False/Unschedulable carries the scheduler's reason).
+Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from dsv3ctl.errors import RuntimeFailure
+
+LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
+LWS_CRD = f"{LWS_PLURAL}.{LWS_GROUP}"
+LWS_INSTALL = ("kubectl apply --server-side -f "
+               "https://github.com/kubernetes-sigs/lws/releases/download/v0.9.0/manifests.yaml")
+L_GROUP = "leaderworkerset.sigs.k8s.io/group-index"
+L_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
+#: container waiting reasons that will not fix themselves
+BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff", "CreateContainerConfigError",
+               "CreateContainerError", "InvalidImageName", "RunContainerError"}
+
+
+def fullname(release: str) -> str:
+    """The chart's object base name (``dsv3.fullname`` in _helpers.tpl)."""
+    name = release if "dsv3" in release else f"{release}-dsv3"
+    return name[:40].rstrip("-")
+
+
+def selector(release: str) -> str:
+    return f"app.kubernetes.io/instance={release},app.kubernetes.io/name=dsv3"
+
+
+def pod_selector(release: str) -> str:
+    return selector(release) + ",app.kubernetes.io/component in (leader,worker)"
+
+
+class Kube:
+    """Thin wrapper holding the API clients for one kubeconfig context."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+        from kubernetes import client, config
+
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context)
+        except Exception as e:  # noqa: BLE001 - config errors come in many types
+            try:
+                config.load_incluster_config()
+            except Exception:  # noqa: BLE001
+                raise RuntimeFailure(f"no usable kubeconfig: {e}",
+                                     hint="set KUBECONFIG (e.g. `make testbed-env`) or pass --kubeconfig") from None
+        self.client = client
+        self.core = client.CoreV1Api()
+        self.custom = client.CustomObjectsApi()
+        self.ext = client.ApiextensionsV1Api()
+        self.version = client.VersionApi()
+
+    # ------------------------------------------------------------------------------------- reads
+    def get_lws(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def pods(self, namespace: str, release: str) -> list[Any]:
+        return self.core.list_namespaced_pod(namespace, label_selector=pod_selector(release)).items
+
+    def warning_events(self, namespace: str, names: set[str]) -> list[dict[str, str]]:
+        """Warning events of the given pods (newest last)."""
+        evs = self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
+        out = [{"object": e.involved_object.name, "reason": e.reason or "", "message": (e.message or "").strip()}
+               for e in sorted(evs, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+               if e.involved_object and e.involved_object.name in names]
+        return out
+
+
+# ------------------------------------------------------------------------------------------ preflight
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+    severity: str = "error"  # error | warning | info
+
+
+def _tolerates(tolerations: list[dict[str, Any]], taint: Any) -> bool:
+    for t in tolerations:
+        key, op = t.get("key"), t.get("operator", "Equal")
+        if t.get("effect") and t["effect"] != taint.effect:
+            continue
+        if op == "Exists" and (not key or key == taint.key):
+            return True
+        if op == "Equal" and key == taint.key and (t.get("value") or "") == (taint.value or ""):
+            return True
+    return False
+
+
+def _qty(v: str | None) -> float:
+    from kubernetes.utils.quantity import parse_quantity
+
+    return float(parse_quantity(v)) if v else 0.0
+
+
+def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_namespace: bool = False) -> list[Check]:
+    """Everything ``deploy`` checks through the API before touching the cluster.
+
+    ``values`` are the chart values (:func:`dsv3ctl.render.values.render_values`). Returns the checks;
+    the caller fails on any ``ok=False`` with severity error. Raises RuntimeFailure when the API does
+    not answer at all.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    checks: list[Check] = []
+    try:
+        v = kube.version.get_code()
+        checks.append(Check("cluster", True, f"API server answers: Kubernetes {v.git_version}", "info"))
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeFailure(f"the cluster does not answer: {e}", hint="check KUBECONFIG / the current context") from None
+    try:
+        crd = kube.ext.read_custom_resource_definition(LWS_CRD)
+        served = [x.name for x in crd.spec.versions if x.served]
+        ok = LWS_VERSION in served
+        checks.append(Check("lws_crd", ok, f"LeaderWorkerSet CRD installed (served: {', '.join(served)})" if ok else
+                            f"the LeaderWorkerSet CRD serves {served}, not {LWS_VERSION}; install LWS v0.9.0: {LWS_INSTALL}"))
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        checks.append(Check("lws_crd", False, f"the LeaderWorkerSet CRD ({LWS_CRD}) is not installed; install LWS "
+                                              f"v0.9.0 (controller + CRD + webhooks): {LWS_INSTALL}"))
+    d, par = values["deploy"], values["parallelism"]
+    need_nodes = int(par["nodes"]) * int(d["replicas"])
+    gpus = int(par["gpus_per_node"])
+    sel = dict(d["node_selector"])
+    if d.get("gpu_product_label"):
+        sel["nvidia.com/gpu.product"] = d["gpu_product_label"]
+    rdma = d["rdma"]
+    fit, reasons = [], {}
+    for n in kube.core.list_node().items:
+        name, labels = n.metadata.name, n.metadata.labels or {}
+        alloc = n.status.allocatable or {}
+        why = []
+        if n.spec.unschedulable:
+            why.append("cordoned")
+        miss = [f"{k}={val}" for k, val in sel.items() if labels.get(k) != val]
+        if miss:
+            why.append("label " + ", ".join(miss) + " missing")
+        if _qty(alloc.get("nvidia.com/gpu")) < gpus:
+            why.append(f"nvidia.com/gpu {alloc.get('nvidia.com/gpu', 0)} < {gpus}")
+        if rdma["enabled"] and _qty(alloc.get(rdma["resource"])) < int(rdma["count"]):
+            why.append(f"{rdma['resource']} {alloc.get(rdma['resource'], 0)} < {rdma['count']}")
+        bad = [t for t in (n.spec.taints or []) if t.effect in ("NoSchedule", "NoExecute")
+               and not _tolerates(d["tolerations"], t)]
+        if bad:
+            why.append("untolerated taint " + ", ".join(f"{t.key}:{t.effect}" for t in bad))
+        if why:
+            reasons[name] = "; ".join(why)
+        else:
+            fit.append(name)
+    want = f"{gpus} allocatable nvidia.com/gpu" + (f" and {rdma['count']} {rdma['resource']}" if rdma["enabled"] else "")
+    if sel:
+        want += " with labels " + ", ".join(f"{k}={val}" for k, val in sel.items())
+    ok = len(fit) >= need_nodes
+    msg = (f"{len(fit)} node(s) have {want}; need {need_nodes} ({par['nodes']} per group x {d['replicas']} group(s), "
+           "one pod per node)")
+    if not ok:
+        detail = "; ".join(f"{k}: {r}" for k, r in list(reasons.items())[:6])
+        msg += f". Fit: {', '.join(fit) or 'none'}. Others: {detail or 'no other nodes'}"
+        msg += f". Use parallelism.nodes <= {len(fit) // max(1, int(d['replicas']))} (with tp x pp adjusted) or add nodes"
+    checks.append(Check("gpu_nodes", ok, msg))
+    try:
+        kube.core.read_namespace(namespace)
+        checks.append(Check("namespace", True, f"namespace {namespace} exists", "info"))
+        ns_exists = True
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        ns_exists = False
+        checks.append(Check("namespace", create_namespace, f"namespace {namespace} will be created" if create_namespace
+                            else f"namespace {namespace} does not exist; pass --create-namespace or "
+                                 f"`kubectl create namespace {namespace}`", "info" if create_namespace else "error"))
+
+    def secret_check(name: str, key: str, what: str, field_: str) -> None:
+        if not name:
+            return
+        try:
+            s = kube.core.read_namespaced_secret(name, namespace) if ns_exists else None
+            ok = bool(s and s.data and key in s.data)
+            checks.append(Check(field_, ok, f"{what} Secret {name} has key {key}" if ok else
+                                f"{what} Secret {namespace}/{name} has no key {key}; recreate it with "
+                                f"`kubectl -n {namespace} create secret generic {name} --from-literal={key}=...`"))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            checks.append(Check(field_, False, f"deploy.{field_}={name}: Secret {namespace}/{name} does not exist; "
+                                               f"create it (key {key}) or set deploy.{field_} to ''"))
+
+    secret_check(d["hf_token_secret"], "HF_TOKEN", "Hugging Face token", "hf_token_secret")
+    secret_check(d["ssh_secret"], "ssh-privatekey", "SSH key", "ssh_secret")
+    st = d["storage"]
+    if st["kind"] == "existingClaim":
+        try:
+            pvc = kube.core.read_namespaced_persistent_volume_claim(st["claim_name"], namespace) if ns_exists else None
+            if pvc is None:
+                raise ApiException(status=404)
+            phase = pvc.status.phase
+            checks.append(Check("storage", True, f"PVC {st['claim_name']} exists ({phase})",
+                                "info" if phase == "Bound" else "warning"))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            checks.append(Check("storage", False, f"deploy.storage.claim_name={st['claim_name']}: PVC "
+                                                  f"{namespace}/{st['claim_name']} does not exist; create it or use "
+                                                  "deploy.storage.kind=newClaim"))
+    elif st["kind"] == "newClaim" and st["storage_class"]:
+        try:
+            kube.client.StorageV1Api().read_storage_class(st["storage_class"])
+            checks.append(Check("storage", True, f"StorageClass {st['storage_class']} exists", "info"))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            checks.append(Check("storage", False, f"deploy.storage.storage_class={st['storage_class']} does not "
+                                                  "exist; use an existing StorageClass or '' for the default"))
+    elif st["kind"] == "hostPath":
+        checks.append(Check("storage", True, f"hostPath {st['host_path']} on each node (not checkable through "
+                                             "the API; created empty if missing)", "info"))
+    return checks
+
+
+# ------------------------------------------------------------------------------------------ status
+
+
+@dataclass
+class PodInfo:
+    name: str
+    group: int
+    role: str
+    worker_index: int
+    phase: str
+    ready: bool
+    restarts: int
+    node: str
+    reason: str = ""
+    terminating: bool = False
+
+
+def pod_info(p: Any) -> PodInfo:
+    labels = p.metadata.labels or {}
+    st = p.status
+    ready = any(c.type == "Ready" and c.status == "True" for c in (st.conditions or []))
+    reason = ""
+    for c in st.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False":
+            reason = f"{c.reason}: {c.message}"
+    for cs in st.container_statuses or []:
+        if cs.state and cs.state.waiting and cs.state.waiting.reason not in (None, "ContainerCreating"):
+            reason = f"{cs.state.waiting.reason}: {cs.state.waiting.message or ''}".strip()
+    wi = int(labels.get(L_WORKER, "0") or 0)
+    return PodInfo(
+        name=p.metadata.name, group=int(labels.get(L_GROUP, "0") or 0),
+        role="leader" if wi == 0 else "worker", worker_index=wi, phase=st.phase or "Unknown", ready=ready,
+        restarts=sum(cs.restart_count for cs in (st.container_statuses or [])), node=p.spec.node_name or "",
+        reason=reason, terminating=p.metadata.deletion_timestamp is not None,
+    )
+
+
+def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
+    """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release."""
+    name = fullname(release)
+    lws = kube.get_lws(namespace, name)
+    pods = sorted((pod_info(p) for p in kube.pods(namespace, release)), key=lambda x: (x.group, x.worker_index))
+    size = int(lws["spec"]["leaderWorkerTemplate"].get("size", 1)) if lws else 0
+    replicas = int(lws["spec"].get("replicas", 1)) if lws else 0
+    groups = []
+    for g in range(replicas):
+        gp = [p for p in pods if p.group == g and not p.terminating]
+        groups.append({"index": g, "ready": len(gp) == size and all(p.ready for p in gp),
+                       "pods": [asdict(p) for p in pods if p.group == g]})
+    endpoints: dict[str, Any] = {}
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        svc = kube.core.read_namespaced_service(f"{name}-api", namespace)
+        host = f"{svc.metadata.name}.{namespace}.svc"
+        endpoints = {"service": svc.metadata.name, "cluster_ip": svc.spec.cluster_ip,
+                     "ports": {p.name: p.port for p in svc.spec.ports},
+                     "urls": {p.name: (f"{host}:{p.port}" if p.name == "grpc" else f"http://{host}:{p.port}")
+                              for p in svc.spec.ports}}
+    except ApiException as e:
+        if e.status != 404:
+            raise
+    lst = (lws or {}).get("status", {})
+    return {
+        "release": release, "namespace": namespace, "lws": name, "exists": lws is not None,
+        "size": size, "replicas": replicas, "ready_replicas": int(lst.get("readyReplicas", 0)),
+        "updated_replicas": int(lst.get("updatedReplicas", 0)),
+        "conditions": {c["type"]: c["status"] for c in lst.get("conditions", [])},
+        "ready": lws is not None and bool(groups) and all(g["ready"] for g in groups)
+        and int(lst.get("readyReplicas", 0)) == replicas,
+        "groups": groups, "endpoints": endpoints,
+    }
+
+
+# ------------------------------------------------------------------------------------------ wait
+
+
+@dataclass
+class WaitResult:
+    ok: bool
+    message: str
+    events: list[dict[str, str]] = field(default_factory=list)
+
+
+def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 20.0,
+               on_change: Callable[[PodInfo], None] | None = None) -> WaitResult:
+    """Watch the release's pods until every group is Ready (and the LWS is updated), or fail fast.
+
+    Fails when a pod stays unschedulable, or a container stays in a waiting state that does not fix
+    itself (image pull, crash loop, config error), for ``grace_s`` seconds: the message carries the
+    scheduler's / kubelet's reason and the pods' Warning events. ``on_change`` gets every pod state change.
+    """
+    from kubernetes import watch
+
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, tuple[Any, ...]] = {}
+    bad_since: dict[str, float] = {}
+    while True:
+        st = status(kube, namespace, release)
+        now = time.monotonic()
+        for g in st["groups"]:
+            for p in g["pods"]:
+                info = PodInfo(**p)
+                key = (info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
+                if seen.get(info.name) != key:
+                    seen[info.name] = key
+                    if on_change:
+                        on_change(info)
+                stuck = (not info.terminating) and (
+                    info.reason.startswith("Unschedulable") or info.reason.split(":")[0] in BAD_WAITING)
+                if stuck:
+                    bad_since.setdefault(info.name, now)
+                    if now - bad_since[info.name] >= grace_s:
+                        names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
+                        return WaitResult(False, f"pod {info.name}: {info.reason}",
+                                          kube.warning_events(namespace, names)[-10:])
+                else:
+                    bad_since.pop(info.name, None)
+        if st["ready"] and st["updated_replicas"] == st["replicas"] and all(
+                not p["terminating"] for g in st["groups"] for p in g["pods"]):
+            return WaitResult(True, f"{st['replicas']} group(s) x {st['size']} pod(s) Ready")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
+            not_ready = [q["name"] for gg in st["groups"] for q in gg["pods"] if not q["ready"]]
+            return WaitResult(False, f"not Ready after {timeout_s:.0f} s (not ready: {', '.join(not_ready) or 'no pods yet'})",
+                              kube.warning_events(namespace, names)[-10:])
+        # Block on a pod watch from the current resourceVersion until something changes (at most 2 s,
+        # then re-read the LWS status, which has no cheap watch of its own here).
+        w = watch.Watch()
+        try:
+            rv = kube.core.list_namespaced_pod(namespace, label_selector=pod_selector(release),
+                                               limit=1).metadata.resource_version
+            for _ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=pod_selector(release),
+                                resource_version=rv, timeout_seconds=2):
+                break
+        except Exception:  # noqa: BLE001 - an expired resourceVersion (410) just restarts the watch
+            time.sleep(0.5)
+        finally:
+            w.stop()
+
+
+def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:
+    """Objects of the release still present (kind/name), PVCs kept by policy excluded."""
+    sel = f"app.kubernetes.io/instance={release}"
+    out: list[str] = []
+    c = kube.core
+    for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service),
+                     ("configmap", c.list_namespaced_config_map), ("secret", c.list_namespaced_secret)):
+        out += [f"{kind}/{o.metadata.name}" for o in fn(namespace, label_selector=sel).items]
+    apps = kube.client.AppsV1Api()
+    out += [f"statefulset/{o.metadata.name}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=sel).items]
+    lsel = f"leaderworkerset.sigs.k8s.io/name={fullname(release)}"
+    for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service)):
+        out += [f"{kind}/{o.metadata.name}" for o in fn(namespace, label_selector=lsel).items]
+    out += [f"statefulset/{o.metadata.name}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=lsel).items]
+    lws = kube.custom.list_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, label_selector=sel)
+    out += [f"leaderworkerset/{o['metadata']['name']}" for o in lws.get("items", [])]
+    return sorted(set(out))

@@ -1,0 +1,312 @@
+"""``dsv3ctl render | deploy | status | logs | undeploy``: the Helm chart (helm/dsv3) on LeaderWorkerSet.
+
+The spec becomes chart values in one place (:mod:`dsv3ctl.render.values`); helm is run as a subprocess
+(:mod:`dsv3ctl.adapters.helm`); the cluster is read through the Kubernetes API (:mod:`dsv3ctl.adapters.kube`).
+Exit codes: 0 ok, 1 runtime failure (cluster, helm, not Ready), 2 spec/usage error or failed preflight check
+of the spec's needs. Heavy imports live inside the commands.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
+
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace; default: deploy.namespace of the spec.")]
+ReleaseOpt = Annotated[str | None, typer.Option("--release", help="Helm release name; default: deploy.release of the spec.")]
+ChartOpt = Annotated[Path | None, typer.Option("--chart", help="Chart directory; default: $DSV3CTL_CHART or helm/dsv3 of this checkout.")]
+KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="kubeconfig file.")]
+
+
+def _chart(chart: Path | None) -> Path:
+    from dsv3ctl.errors import RuntimeFailure
+    from dsv3ctl.render.values import chart_dir
+
+    c = chart or chart_dir()
+    if not (c / "Chart.yaml").is_file():
+        raise RuntimeFailure(f"no Helm chart at {c}", hint="pass --chart DIR or set DSV3CTL_CHART to the helm/dsv3 directory")
+    return c
+
+
+def _values(spec: Path | None, namespace: str | None, release: str | None) -> dict[str, Any]:
+    from dsv3ctl.render.values import render_values
+
+    return render_values(load(spec), namespace=namespace, release=release)
+
+
+def _write_values(values: dict[str, Any], path: Path) -> None:
+    from dsv3ctl.fsutil import atomic_write_text
+    from dsv3ctl.render.values import values_yaml
+
+    atomic_write_text(path, values_yaml(values))
+
+
+def _kube(kubeconfig: str | None):  # type: ignore[no-untyped-def]
+    from dsv3ctl.adapters.kube import Kube
+
+    return Kube(kubeconfig.split(":")[0] if kubeconfig else None)
+
+
+# --------------------------------------------------------------------------------------------- render
+
+
+def render(
+    out: Annotated[Path, typer.Option("--out", help="Directory for values.yaml and one manifest file per object.")],
+    spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
+    output: OutputOpt = OutputFormat.table,
+) -> None:
+    """Spec -> chart values (values.yaml) -> `helm template` -> one file per object in OUT.
+
+    Files: OUT/values.yaml and OUT/NN-<kind>-<name>.yaml (NN = helm's order). Earlier manifest files in
+    OUT are replaced. No cluster is contacted (lookup is empty, so the SSH Secret gets a fresh key).
+    """
+    import yaml
+
+    from dsv3ctl.adapters import helm
+    from dsv3ctl.fsutil import atomic_write_text
+
+    values = _values(spec, namespace, release)
+    c = _chart(chart)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_values(values, out / "values.yaml")
+    text = helm.template(c, values["deploy"]["release"], values["deploy"]["namespace"], out / "values.yaml")
+    objs = helm.split_manifests(text)
+    for old in out.glob("[0-9][0-9]-*.yaml"):
+        old.unlink()
+    files = []
+    for i, o in enumerate(objs):
+        name = f"{i:02d}-{o['kind'].lower()}-{o['metadata']['name']}.yaml"
+        atomic_write_text(out / name, yaml.safe_dump(o, sort_keys=False, width=120))
+        files.append({"file": name, "kind": o["kind"], "name": o["metadata"]["name"]})
+    sink = Sink(output)
+    def human(con) -> None:  # type: ignore[no-untyped-def]
+        con.print(f"wrote {out / 'values.yaml'}")
+        for f in files:
+            con.print(f"wrote {out / f['file']}  ({f['kind']} {f['name']})")
+
+    sink.emit({"out": str(out), "values": "values.yaml", "objects": files}, human)
+
+
+# --------------------------------------------------------------------------------------------- deploy
+
+
+def deploy(
+    spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every group is Ready.")] = True,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds to wait for Ready; default serving.load_timeout_s + 300.")] = None,
+    grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
+    create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
+    skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
+    kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
+) -> None:
+    """Preflight through the API, `helm upgrade --install` with the spec's values, then watch until Ready.
+
+    Preflight: the API answers; the LWS CRD is installed; enough schedulable nodes have gpus_per_node
+    allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label; the namespace, the
+    token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed. While waiting,
+    a pod that stays unschedulable (or in image-pull/crash-loop backoff) for --grace seconds ends the wait
+    with its reason and the Warning events, exit 1.
+    """
+    from dsv3ctl.adapters import helm
+    from dsv3ctl.adapters import kube as k
+    from dsv3ctl.errors import RuntimeFailure, SpecError
+
+    sink = Sink(output)
+    values = _values(spec, namespace, release)
+    ns, rel = values["deploy"]["namespace"], values["deploy"]["release"]
+    c = _chart(chart)
+    kube = _kube(kubeconfig)
+    checks = k.preflight(kube, values, ns, create_namespace=create_namespace)
+    failed = [x for x in checks if not x.ok and x.severity == "error"]
+    for x in checks:
+        mark = "ok" if x.ok and x.severity != "warning" else ("warn" if x.ok else ("SKIP" if skip_preflight else "FAIL"))
+        sink.info(f"  preflight {mark:>4} {x.name}: {x.message}")
+    result: dict[str, Any] = {"release": rel, "namespace": ns, "preflight": [vars(x) for x in checks]}
+    if failed and not skip_preflight:
+        sink.emit({**result, "ok": False}, lambda con: None)
+        raise SpecError("preflight failed: " + "; ".join(f"{x.name}: {x.message}" for x in failed),
+                        hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+    if dry_run:
+        sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values")
+        sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
+        return
+    with tempfile.TemporaryDirectory(prefix="dsv3ctl-") as tmp:
+        vf = Path(tmp) / "values.yaml"
+        _write_values(values, vf)
+        sink.info(f"helm upgrade --install {rel} -n {ns}")
+        helm.upgrade_install(c, rel, ns, vf, create_namespace=create_namespace)
+    if not wait:
+        sink.emit({**result, "ok": True, "waited": False}, lambda con: con.print(f"installed {rel}; `dsv3ctl status -n {ns} --release {rel}`"))
+        return
+    t = timeout if timeout is not None else int(values["serving"]["load_timeout_s"]) + 300
+
+    def change(p: k.PodInfo) -> None:
+        state = "Terminating" if p.terminating else ("Ready" if p.ready else p.phase)
+        sink.info(f"  group {p.group} {p.role:<6} {p.name:<28} {state:<11} node={p.node or '-':<14} "
+                  f"restarts={p.restarts}{'  ' + p.reason if p.reason else ''}")
+
+    res = k.wait_ready(kube, ns, rel, timeout_s=t, grace_s=grace, on_change=change)
+    result.update(ok=res.ok, message=res.message, events=res.events)
+    if not res.ok:
+        sink.emit(result, lambda con: None)
+        ev = "\n".join(f"  {e['object']}: {e['reason']}: {e['message']}" for e in res.events)
+        raise RuntimeFailure(f"{rel} did not become Ready: {res.message}" + (f"\nevents:\n{ev}" if ev else ""),
+                             hint=f"`dsv3ctl status -n {ns} --release {rel}`; `dsv3ctl undeploy -n {ns} --release {rel}`")
+    sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+def _target(spec: Path | None, namespace: str | None, release: str | None) -> tuple[str, str]:
+    """(namespace, release) from the flags, else from the spec (validated only as far as needed)."""
+    if namespace and release:
+        return namespace, release
+    d = load(spec).deploy
+    return namespace or d.namespace, release or d.release
+
+
+def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
+           kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
+    """Groups, pods (ready/not, restarts, node), the LWS counters and the endpoints. Exit 0 when every
+    group is Ready, 1 when not (or the release has no LeaderWorkerSet)."""
+    from dsv3ctl.adapters import kube as k
+
+    ns, rel = _target(spec, namespace, release)
+    st = k.status(_kube(kubeconfig), ns, rel)
+
+    def human(con) -> None:  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        if not st["exists"]:
+            con.print(f"no LeaderWorkerSet {st['lws']} in namespace {ns}")
+            return
+        con.print(f"[bold]{st['lws']}[/] in {ns}: {st['ready_replicas']}/{st['replicas']} group(s) ready, "
+                  f"size {st['size']}; " + ", ".join(f"{a}={b}" for a, b in st["conditions"].items()))
+        t = Table(show_edge=False)
+        for col in ("group", "role", "pod", "ready", "phase", "restarts", "node", "reason"):
+            t.add_column(col)
+        for g in st["groups"]:
+            for p in g["pods"]:
+                t.add_row(str(g["index"]), p["role"] + ("" if p["role"] == "leader" else f" {p['worker_index']}"),
+                          p["name"], "yes" if p["ready"] else "no",
+                          "Terminating" if p["terminating"] else p["phase"], str(p["restarts"]), p["node"], p["reason"])
+        con.print(t)
+        for name, url in st["endpoints"].get("urls", {}).items():
+            con.print(f"  {name:<8} {url}")
+
+    Sink(output).emit(st, human)
+    if not st["ready"]:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- logs
+
+
+class Role(str, Enum):
+    leader = "leader"
+    worker = "worker"
+
+
+def logs(
+    role: Annotated[Role, typer.Argument(help="leader or worker")] = Role.leader,
+    index: Annotated[int, typer.Argument(help="Worker index (1..nodes-1) for `worker`.")] = 1,
+    group: Annotated[int, typer.Option("--group", "-g", help="Group (model instance) index.")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None,
+    spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """Print (or with -f stream) the log of the leader or of worker N of a group."""
+    import sys
+
+    from dsv3ctl.adapters import kube as k
+    from dsv3ctl.errors import RuntimeFailure, SpecError
+
+    if role == Role.worker and index < 1:
+        raise SpecError(f"worker index {index}: workers are numbered 1..nodes-1 (0 is the leader); use `logs leader`")
+    ns, rel = _target(spec, namespace, release)
+    kube = _kube(kubeconfig)
+    wi = 0 if role == Role.leader else index
+    sel = f"{k.pod_selector(rel)},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
+    pods = [p for p in kube.core.list_namespaced_pod(ns, label_selector=sel).items if not p.metadata.deletion_timestamp]
+    if not pods:
+        raise RuntimeFailure(f"no {role.value}{'' if wi == 0 else ' ' + str(wi)} pod in group {group} of release {rel} "
+                             f"in namespace {ns}", hint=f"`dsv3ctl status -n {ns} --release {rel}` lists the pods")
+    name = pods[0].metadata.name
+    kw: dict[str, Any] = {"container": "dsv3"}
+    if tail is not None:
+        kw["tail_lines"] = tail
+    try:
+        if follow:
+            resp = kube.core.read_namespaced_pod_log(name, ns, follow=True, _preload_content=False, **kw)
+            for chunk in resp.stream(amt=4096):
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(kube.core.read_namespaced_pod_log(name, ns, **kw))
+    except Exception as e:  # noqa: BLE001 - ApiException or a closed stream
+        reason = getattr(e, "reason", None) or str(e)
+        body = getattr(e, "body", "") or ""
+        raise RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {reason} {body}".strip()) from None
+
+
+# --------------------------------------------------------------------------------------------- undeploy
+
+
+def undeploy(
+    spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
+    purge_storage: Annotated[bool, typer.Option("--purge-storage", help="Also delete the chart-created PVC (weights and engines).")] = False,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait until nothing of the release is left.")] = 300,
+    kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
+) -> None:
+    """`helm uninstall`, then wait until no object of the release is left (pods, StatefulSets, Services,
+    Secrets, ConfigMaps, the LeaderWorkerSet). Exit 1 when something is still there after --timeout."""
+    import time
+
+    from dsv3ctl.adapters import helm
+    from dsv3ctl.adapters import kube as k
+    from dsv3ctl.errors import RuntimeFailure
+
+    sink = Sink(output)
+    ns, rel = _target(spec, namespace, release)
+    kube = _kube(kubeconfig)
+    if dry_run:
+        sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
+                  lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))
+        return
+    if helm.release_exists(rel, ns):
+        sink.info(f"helm uninstall {rel} -n {ns}")
+        helm.uninstall(rel, ns, timeout_s=timeout)
+    else:
+        sink.info(f"no helm release {rel} in {ns}; removing what is left")
+    pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
+    kept = []
+    for p in pvcs:
+        if purge_storage:
+            kube.core.delete_namespaced_persistent_volume_claim(p.metadata.name, ns)
+        else:
+            kept.append(p.metadata.name)
+    deadline = time.monotonic() + timeout
+    left = k.leftovers(kube, ns, rel)
+    while left and time.monotonic() < deadline:
+        time.sleep(1)
+        left = k.leftovers(kube, ns, rel)
+    data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept}
+    if left:
+        sink.emit(data, lambda con: None)
+        raise RuntimeFailure(f"after {timeout} s these objects of {rel} are still there: {', '.join(left)}")
+    sink.emit(data, lambda con: con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} "
+                                                                          "(--purge-storage deletes it)" if kept else "")))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("render")(render)
+    app.command("deploy")(deploy)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("undeploy")(undeploy)

@@ -1,0 +1,272 @@
+{{/* ---------------------------------------------------------------- names and labels */}}
+{{- define "dsv3.name" -}}dsv3{{- end -}}
+
+{{/* The release-scoped base name of every object (<= 40 characters so LWS pod, StatefulSet and
+     controller-revision names stay under 63). */}}
+{{- define "dsv3.fullname" -}}
+{{- if contains "dsv3" .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-dsv3" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dsv3.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dsv3.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "dsv3.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "dsv3.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dsv3ctl
+{{- end -}}
+
+{{- define "dsv3.image" -}}
+{{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion .Values.serving.mode) -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{- define "dsv3.sshSecretName" -}}
+{{- .Values.deploy.ssh_secret | default (printf "%s-ssh" (include "dsv3.fullname" .)) -}}
+{{- end -}}
+
+{{- define "dsv3.claimName" -}}
+{{- .Values.deploy.storage.claim_name | default (printf "%s-models" (include "dsv3.fullname" .)) -}}
+{{- end -}}
+
+{{- define "dsv3.apiServiceName" -}}{{ include "dsv3.fullname" . }}-api{{- end -}}
+
+{{/* trtllm-serve serves OpenAI on one port; tritonserver serves HTTP (KServe v2), gRPC and metrics. */}}
+{{- define "dsv3.trtllmServe" -}}
+{{- if and (eq .Values.serving.mode "llmapi") (eq .Values.serving.frontend "trtllm-serve") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Leader startupProbe failureThreshold = ceil(serving.load_timeout_s / deploy.startup_probe_period_s). */}}
+{{- define "dsv3.startupFailureThreshold" -}}
+{{- $t := int .Values.serving.load_timeout_s -}}
+{{- $p := int .Values.deploy.startup_probe_period_s -}}
+{{- div (add $t (sub $p 1)) $p -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- derived-value guards */}}
+{{- define "dsv3.validate" -}}
+{{- $p := .Values.parallelism -}}
+{{- $world := mul (int $p.nodes) (int $p.gpus_per_node) -}}
+{{- if ne (mul (int $p.tp) (int $p.pp)) $world -}}
+{{- fail (printf "parallelism: tp x pp = %d x %d must equal nodes x gpus_per_node = %d x %d = %d; set tp=%d with pp=1, or change nodes" (int $p.tp) (int $p.pp) (int $p.nodes) (int $p.gpus_per_node) $world $world) -}}
+{{- end -}}
+{{- if ne (mod (int $p.tp) (int $p.moe_ep)) 0 -}}
+{{- fail (printf "parallelism.moe_ep=%d must divide tp=%d (moe_tp x moe_ep = tp)" (int $p.moe_ep) (int $p.tp)) -}}
+{{- end -}}
+{{- if and (eq .Values.serving.mode "engine") (ne (int $p.pp) 1) -}}
+{{- fail (printf "parallelism.pp=%d: engine mode needs pp=1 (61 layers do not split); use tp=%d pp=1 or serving.mode=llmapi" (int $p.pp) $world) -}}
+{{- end -}}
+{{- if and (eq .Values.serving.frontend "trtllm-serve") (ne .Values.serving.mode "llmapi") -}}
+{{- fail "serving.frontend=trtllm-serve needs serving.mode=llmapi; use frontend=tritonserver or mode=llmapi" -}}
+{{- end -}}
+{{- if ge (int .Values.serving.max_input_len) (int .Values.serving.max_seq_len) -}}
+{{- fail (printf "serving.max_input_len=%d must be < max_seq_len=%d" (int .Values.serving.max_input_len) (int .Values.serving.max_seq_len)) -}}
+{{- end -}}
+{{- $s := .Values.deploy.storage -}}
+{{- if and (eq $s.kind "existingClaim") (not $s.claim_name) -}}
+{{- fail "deploy.storage.kind=existingClaim needs deploy.storage.claim_name (the PVC's name); or use kind=newClaim / hostPath" -}}
+{{- end -}}
+{{- $mount := printf "%s/" (trimSuffix "/" $s.mount_path) -}}
+{{- range $k := list "model_repository" "model_dir" -}}
+{{- $v := index $.Values.launch $k -}}
+{{- if and $v (not (hasPrefix $mount (printf "%s/" $v))) -}}
+{{- fail (printf "launch.%s=%s is not under deploy.storage.mount_path=%s; the pods would not see it" $k $v $s.mount_path) -}}
+{{- end -}}
+{{- end -}}
+{{- $l := .Values.launch -}}
+{{- $serving := list (int $l.http_port) (int $l.grpc_port) (int $l.metrics_port) (int .Values.deploy.openai_port) -}}
+{{- if has (int $l.ssh_port) $serving -}}
+{{- fail (printf "launch.ssh_port=%d collides with a serving port (http/grpc/metrics/openai); use 2222" (int $l.ssh_port)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- the pod template (leader or worker) */}}
+{{- define "dsv3.podTemplate" -}}
+{{- $ := .root -}}
+{{- $role := .role -}}
+{{- $v := $.Values -}}
+{{- $d := $v.deploy -}}
+{{- $l := $v.launch -}}
+metadata:
+  labels:
+    {{- include "dsv3.labels" $ | nindent 4 }}
+    app.kubernetes.io/component: {{ $role }}
+  annotations:
+    checksum/spec: {{ include (print $.Template.BasePath "/configmap.yaml") $ | sha256sum }}
+    kubectl.kubernetes.io/default-container: dsv3
+spec:
+  {{- with $d.image_pull_secrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- if $d.host_network }}
+  hostNetwork: true
+  dnsPolicy: ClusterFirstWithHostNet
+  {{- end }}
+  {{- if $d.host_ipc }}
+  hostIPC: true
+  {{- end }}
+  {{- with $d.priority_class_name }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: 60
+  {{- $ns := dict -}}
+  {{- if $d.gpu_product_label }}{{ $_ := set $ns "nvidia.com/gpu.product" $d.gpu_product_label }}{{ end -}}
+  {{- $ns = mustMerge (deepCopy $d.node_selector) $ns }}
+  {{- with $ns }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- $anti := dict "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list (dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "dsv3.selectorLabels" $ | fromYaml))))) }}
+  affinity:
+    {{- toYaml (mustMergeOverwrite $anti (deepCopy $d.affinity)) | nindent 4 }}
+  {{- with $d.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: dsv3
+      image: {{ include "dsv3.image" $ }}
+      imagePullPolicy: {{ $v.image.pull_policy }}
+      command: ["dsv3ctl"]
+      args: ["launch", {{ $role | quote }}]
+      env:
+        - name: DSV3CTL_SPEC
+          value: /etc/dsv3ctl/spec/spec.yaml
+        - name: DSV3CTL_ROLE
+          value: {{ $role }}
+        - name: DSV3CTL_RELEASE
+          value: {{ $.Release.Name }}
+        - name: DSV3CTL_RUNTIME_DIR
+          value: {{ $l.runtime_dir }}
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: POD_NAMESPACE
+          valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+        - name: NODE_NAME
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+        {{- with $d.hf_token_secret }}
+        - name: HF_TOKEN
+          valueFrom: {secretKeyRef: {name: {{ . }}, key: HF_TOKEN}}
+        {{- end }}
+        {{- with $d.nccl.debug }}
+        - name: NCCL_DEBUG
+          value: {{ . }}
+        {{- end }}
+        {{- with $d.nccl.ib_hca }}
+        - name: NCCL_IB_HCA
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $d.nccl.socket_ifname }}
+        - name: NCCL_SOCKET_IFNAME
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $d.nccl.ucx_net_devices }}
+        - name: UCX_NET_DEVICES
+          value: {{ . | quote }}
+        {{- end }}
+        {{- if not $d.rdma.enabled }}
+        - name: NCCL_IB_DISABLE
+          value: "1"
+        {{- end }}
+        {{- range $k, $val := $d.nccl.extra_env }}
+        - name: {{ $k }}
+          value: {{ $val | quote }}
+        {{- end }}
+      ports:
+        {{- if eq $role "leader" }}
+        {{- if include "dsv3.trtllmServe" $ }}
+        - {name: openai, containerPort: {{ $d.openai_port }}, protocol: TCP}
+        {{- else }}
+        - {name: http, containerPort: {{ $l.http_port }}, protocol: TCP}
+        - {name: grpc, containerPort: {{ $l.grpc_port }}, protocol: TCP}
+        - {name: metrics, containerPort: {{ $l.metrics_port }}, protocol: TCP}
+        {{- end }}
+        {{- else }}
+        - {name: ssh, containerPort: {{ $l.ssh_port }}, protocol: TCP}
+        {{- end }}
+      resources:
+        requests:
+          cpu: {{ $d.cpu | quote }}
+          memory: {{ $d.memory | quote }}
+          nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
+          {{- if $d.rdma.enabled }}
+          {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
+          {{- end }}
+        limits:
+          nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
+          {{- if $d.rdma.enabled }}
+          {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
+          {{- end }}
+      {{- if $d.rdma.enabled }}
+      securityContext:
+        capabilities:
+          add: ["IPC_LOCK"]
+      {{- end }}
+      {{- if eq $role "leader" }}
+      {{- $path := ternary "/health" "/v2/health/ready" (eq (include "dsv3.trtllmServe" $) "true") }}
+      {{- $live := ternary "/health" "/v2/health/live" (eq (include "dsv3.trtllmServe" $) "true") }}
+      {{- $port := ternary "openai" "http" (eq (include "dsv3.trtllmServe" $) "true") }}
+      startupProbe:
+        httpGet: {path: {{ $path }}, port: {{ $port }}}
+        periodSeconds: {{ $d.startup_probe_period_s }}
+        timeoutSeconds: 5
+        failureThreshold: {{ include "dsv3.startupFailureThreshold" $ }}
+      readinessProbe:
+        httpGet: {path: {{ $path }}, port: {{ $port }}}
+        periodSeconds: 10
+        timeoutSeconds: 5
+        failureThreshold: 3
+      livenessProbe:
+        httpGet: {path: {{ $live }}, port: {{ $port }}}
+        periodSeconds: 15
+        timeoutSeconds: 10
+        failureThreshold: 8
+      {{- else }}
+      readinessProbe:
+        tcpSocket: {port: ssh}
+        periodSeconds: 10
+        timeoutSeconds: 3
+        failureThreshold: 3
+      livenessProbe:
+        exec:
+          command: ["/bin/sh", "-c", "test ! -e \"$DSV3CTL_RUNTIME_DIR/session-lost\""]
+        initialDelaySeconds: 30
+        periodSeconds: 15
+        timeoutSeconds: 5
+        failureThreshold: 2
+      {{- end }}
+      volumeMounts:
+        - {name: dshm, mountPath: /dev/shm}
+        - name: models
+          mountPath: {{ $d.storage.mount_path }}
+          {{- with $d.storage.sub_path }}
+          subPath: {{ . }}
+          {{- end }}
+        - {name: ssh, mountPath: {{ $l.ssh_secret_dir }}, readOnly: true}
+        - {name: spec, mountPath: /etc/dsv3ctl/spec, readOnly: true}
+  volumes:
+    - name: dshm
+      emptyDir: {medium: Memory, sizeLimit: {{ $d.shm_size }}}
+    - name: models
+      {{- if eq $d.storage.kind "hostPath" }}
+      hostPath: {path: {{ $d.storage.host_path }}, type: DirectoryOrCreate}
+      {{- else }}
+      persistentVolumeClaim: {claimName: {{ include "dsv3.claimName" $ }}}
+      {{- end }}
+    - name: ssh
+      secret: {secretName: {{ include "dsv3.sshSecretName" $ }}, defaultMode: 0400}
+    - name: spec
+      configMap: {name: {{ include "dsv3.fullname" $ }}-spec}
+{{- end -}}
