@@ -14,7 +14,9 @@ from typing import Annotated
 import typer
 
 from dsv3ctl import __version__
+from dsv3ctl.cli import image as _image
 from dsv3ctl.cli import launch as _launch
+from dsv3ctl.cli import slurm as _slurm
 from dsv3ctl.cli import clients as _clients
 from dsv3ctl.cli import deploy as _deploy
 from dsv3ctl.cli import plan as _plan
@@ -55,6 +57,8 @@ _deploy.register(app)
 _clients.register(app)
 _repo.register(app)
 _launch.register(app)
+_image.register(app)
+_slurm.register(app)
 _weights.register(app)
 
 

@@ -1,0 +1,79 @@
+"""The image build command (pure): builder argv lists from the spec's ``image`` section.
+
+``docker/Dockerfile`` has two targets: ``llmapi`` (NGC ``tritonserver:<triton_tag>-trtllm-python-py3``,
+TensorRT-LLM >= 1.0, PyTorch backend and ``trtllm-serve``) and ``engine`` (TensorRT-LLM built from the
+``deepseek`` preview branch at ``trtllm_commit`` plus the Triton TensorRT-LLM backend built against that same
+source: engines only load in the runtime that built them; reference section 0). Every pin is a build
+argument; the Dockerfile records them as OCI labels (``org.opencontainers.image.*`` and ``ai.dsv3ctl.*``).
+
+Builders: ``docker buildx build`` (``--push`` pushes from the build, else ``--load``); ``podman build`` then
+``podman push``; ``buildah build`` then ``buildah push``. The flags used are those builders' documented
+``build``/``push`` options (``--target``, ``--file``, ``--tag``, ``--build-arg``, ``--label``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsv3ctl import __version__
+from dsv3ctl.errors import SpecError
+
+TARGETS = ("llmapi", "engine")
+BUILDERS = ("docker", "podman", "buildah")
+DOCKERFILE = "docker/Dockerfile"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    builder: str
+    image: str
+    commands: list[list[str]]
+
+
+def build_args(spec, vcs_ref: str = "") -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The Dockerfile's build arguments from ``spec.image`` (names as in docker/Dockerfile)."""
+    im = spec.image
+    args = {
+        "TRITON_TAG": im.triton_tag,
+        "ENGINE_BASE_TAG": im.engine_base_tag,
+        "TRTLLM_REPO": im.trtllm_repo,
+        "TRTLLM_COMMIT": im.trtllm_commit,
+        "BACKEND_REPO": im.backend_repo,
+        "BACKEND_COMMIT": im.backend_commit,
+        "DSV3CTL_VERSION": __version__,
+    }
+    if vcs_ref:
+        args["VCS_REF"] = vcs_ref
+    return args
+
+
+def image_ref(spec, target: str, tag: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    """``<repository>:<tag>``; tag = ``--tag``, else ``image.tag``, else ``<version>-<target>``."""
+    t = tag or spec.image.tag or f"{__version__}-{target}"
+    return f"{spec.image.repository}:{t}"
+
+
+def build_commands(spec, *, builder: str, target: str, tag: str | None = None, push: bool = False,  # type: ignore[no-untyped-def]
+                   context: str = ".", vcs_ref: str = "", platform: str = "linux/amd64") -> BuildPlan:
+    """The argv lists that build (and with ``push`` push) the image. SpecError for an unknown target/builder."""
+    if target not in TARGETS:
+        raise SpecError(f"--target={target!r}: use one of {', '.join(TARGETS)} (serving.mode picks the default)")
+    if builder not in BUILDERS:
+        raise SpecError(f"image.builder / --builder={builder!r}: use one of {', '.join(BUILDERS)} or auto")
+    ref = image_ref(spec, target, tag)
+    common = ["--target", target, "--file", f"{context.rstrip('/')}/{DOCKERFILE}" if context != "." else DOCKERFILE,
+              "--tag", ref, "--platform", platform]
+    for k, v in build_args(spec, vcs_ref).items():
+        common += ["--build-arg", f"{k}={v}"]
+    if builder == "docker":
+        cmd = ["docker", "buildx", "build", *common, "--push" if push else "--load", context]
+        return BuildPlan(builder, ref, [cmd])
+    if builder == "podman":
+        cmds = [["podman", "build", *common, context]]
+        if push:
+            cmds.append(["podman", "push", ref])
+        return BuildPlan(builder, ref, cmds)
+    cmds = [["buildah", "build", *common, context]]
+    if push:
+        cmds.append(["buildah", "push", ref])
+    return BuildPlan(builder, ref, cmds)

@@ -1,0 +1,63 @@
+"""The sbatch script for the seed's Slurm path (pure): one job of ``parallelism.nodes`` nodes, one task per GPU,
+``srun --mpi=pmix`` with the container image (pyxis/enroot ``--container-image``/``--container-mounts``), and
+every task running ``dsv3ctl launch rank`` (which reads ``SLURM_PROCID`` and execs the server of that rank:
+tritonserver leader mode in engine mode, ``trtllm-llmapi-launch`` in llmapi mode).
+
+Sources: tensorrtllm_backend README @ v0.19.0 ("srun --mpi=pmix ... tritonserver ...
+--backend-config=python,shm-region-prefix-name=prefix${SLURM_PROCID}_") and docs/llmapi.md ("srun -N 2
+--ntasks-per-node=8 --mpi=pmix --container-image=<img> trtllm-llmapi-launch tritonserver ..."); TensorRT-LLM
+DeepSeek-V3 README (``--gres=gpu:8``).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from dsv3ctl.render.image import image_ref
+from dsv3ctl.render.launch import rank_config_from_spec
+
+
+def render_sbatch(spec, image: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    """The sbatch script text. ``image`` defaults to the spec's image for its serving mode."""
+    p, sl = spec.parallelism, spec.slurm
+    img = image or image_ref(spec, spec.serving.mode)
+    cfg = rank_config_from_spec(spec)
+    rank_cmd = ["dsv3ctl", "launch", "rank", *cfg.to_args()]
+    directives = [
+        f"#SBATCH --job-name={sl.job_name}",
+        f"#SBATCH --nodes={p.nodes}",
+        f"#SBATCH --ntasks-per-node={p.gpus_per_node}",
+        f"#SBATCH --gres=gpu:{p.gpus_per_node}",
+        "#SBATCH --exclusive",
+        f"#SBATCH --time={sl.time_limit}",
+        f"#SBATCH --output={sl.job_name}-%j.out",
+    ]
+    if sl.partition:
+        directives.append(f"#SBATCH --partition={sl.partition}")
+    if sl.account:
+        directives.append(f"#SBATCH --account={sl.account}")
+    mounts = ",".join(sl.container_mounts)
+    lines = [
+        "#!/bin/bash",
+        f"# DeepSeek-V3 ({spec.serving.mode} mode) on {p.nodes} nodes x {p.gpus_per_node} GPUs = "
+        f"{p.world_size} ranks (tp={p.tp}, pp={p.pp}).",
+        "# Rendered by `dsv3ctl slurm render`; every task runs `dsv3ctl launch rank`, which reads SLURM_PROCID",
+        "# and execs the server for that rank (rank 0 serves HTTP/gRPC/metrics).",
+        *directives,
+        "set -euo pipefail",
+        "",
+        f"IMAGE={shlex.quote(img)}",
+        f"MOUNTS={shlex.quote(mounts)}",
+        "",
+        'echo "job ${SLURM_JOB_ID:-?}: leader node $(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" '
+        '| head -n 1), HTTP port ' + str(cfg.http_port) + '"',
+        "",
+        "srun --mpi=pmix \\",
+        f"  --nodes={p.nodes} --ntasks={p.world_size} --ntasks-per-node={p.gpus_per_node} \\",
+        '  --container-image="${IMAGE}" \\',
+        '  --container-mounts="${MOUNTS}" \\',
+        "  --no-container-mount-home \\",
+        "  " + shlex.join(rank_cmd),
+        "",
+    ]
+    return "\n".join(lines)
