@@ -133,13 +133,15 @@ class DeepSeekText:
 
     def word_list(self, words: Iterable[str]) -> np.ndarray:
         """Stop/bad words -> INT32 ``[2, L]`` (ids padded with 0, cumulative end offsets padded with -1).
-        Each entry may itself be a CSV line of several words (tensorrtllm_backend's convention)."""
+        An entry holding a comma is read as a CSV line of several words (tensorrtllm_backend's convention)."""
         flat: list[int] = []
         offsets: list[int] = []
         for entry in words:
             if not entry:
                 continue
-            for word in next(csv.reader([entry])):
+            # a CSV line only when it has a comma: "\n\n" or "\"" are single words
+            parts = next(csv.reader([entry]), []) if "," in entry else [entry]
+            for word in parts:
                 ids = self.encode(word, add_special_tokens=False)
                 if not ids:
                     continue

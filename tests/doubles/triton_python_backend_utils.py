@@ -1,0 +1,125 @@
+"""Test double of Triton's Python-backend utility module ``triton_python_backend_utils``.
+
+tritonserver cannot run here, so the project's Python models are exercised in-process against this
+stand-in. It mirrors the subset of the real module's API they use (Tensor, InferenceRequest with
+``exec``, InferenceResponse, TritonError, get_input_tensor_by_name, get_output_tensor_by_name,
+get_output_config_by_name, triton_string_to_numpy, using_decoupled_model_transaction_policy,
+TRITONSERVER_RESPONSE_COMPLETE_FINAL, a response sender). BLS calls (``InferenceRequest.exec``) are
+routed to handlers registered in :data:`MODELS` by the test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+#: model name -> handler(request, decoupled) returning one response or an iterable of responses
+MODELS: dict[str, Callable[["InferenceRequest", bool], Any]] = {}
+
+_NP = {"TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_UINT64": np.uint64,
+       "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "TYPE_UINT8": np.uint8}
+
+
+class TritonError:
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def message(self) -> str:
+        return self._message
+
+
+class TritonModelException(Exception):
+    pass
+
+
+class Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self._name = name
+        self._array = np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None) -> None:
+        self._tensors = list(output_tensors or [])
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._tensors
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+
+class ResponseSender:
+    """Collects what a decoupled model sends; ``closed`` after the FINAL flag."""
+
+    def __init__(self) -> None:
+        self.responses: list[InferenceResponse] = []
+        self.closed = False
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        assert not self.closed, "send after TRITONSERVER_RESPONSE_COMPLETE_FINAL"
+        if response is not None:
+            self.responses.append(response)
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.closed = True
+
+
+class InferenceRequest:
+    def __init__(self, model_name: str = "", inputs: list[Tensor] | None = None,
+                 requested_output_names: list[str] | None = None, **_: Any) -> None:
+        self.model_name = model_name
+        self._inputs = list(inputs or [])
+        self.requested_output_names = list(requested_output_names or [])
+        self._sender = ResponseSender()
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def get_response_sender(self) -> ResponseSender:
+        return self._sender
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def exec(self, decoupled: bool = False) -> Any:
+        result = MODELS[self.model_name](self, decoupled)
+        if decoupled:
+            return iter(result if isinstance(result, list) else [result])
+        return result[-1] if isinstance(result, list) else result
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((o for o in model_config.get("output", []) if o["name"] == name), None)
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((o for o in model_config.get("input", []) if o["name"] == name), None)
+
+
+def triton_string_to_numpy(data_type: str) -> Any:
+    return _NP[data_type]
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
