@@ -26,7 +26,8 @@ WorkerIndexOpt = Annotated[int | None, typer.Option("--worker-index", envvar="LW
 HostsOpt = Annotated[str | None, typer.Option("--hosts", help="Comma list of every host, leader first (instead of LWS).")]
 SshPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="sshd port (default launch.ssh_port = 2222).")]
 SecretOpt = Annotated[Path | None, typer.Option("--ssh-secret-dir", help="Mounted SSH Secret (default /etc/dsv3ctl/ssh).")]
-RuntimeOpt = Annotated[Path | None, typer.Option("--runtime-dir", help="Where keys/configs/hostfile go (default /run/dsv3ctl).")]
+RuntimeOpt = Annotated[Path | None, typer.Option("--runtime-dir", envvar="DSV3CTL_RUNTIME_DIR", show_envvar=True,
+                                                 help="Where keys/configs/hostfile go (default launch.runtime_dir).")]
 GpnOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="Slots per host (default parallelism.gpus_per_node).")]
 ShmOpt = Annotated[float | None, typer.Option("--shm-min-gib", help="Preflight: smallest /dev/shm in GiB.")]
 RdmaOpt = Annotated[bool | None, typer.Option("--rdma/--no-rdma", envvar="DSV3CTL_RDMA", show_envvar=True,
@@ -60,6 +61,13 @@ def _rank_cfg(s: Any, **kw: Any) -> Any:
     if kw.get("frontend") not in (None, "tritonserver", "trtllm-serve"):
         raise SpecError(f"--frontend={kw['frontend']!r}: use tritonserver or trtllm-serve")
     return rank_config_from_spec(s, **kw)
+
+
+def _rdma(s: Any, flag: bool | None) -> bool:
+    """--rdma/DSV3CTL_RDMA, else launch.rdma or the chart's deploy.rdma.enabled."""
+    if flag is not None:
+        return flag
+    return bool(s.launch.rdma or getattr(getattr(getattr(s, "deploy", None), "rdma", None), "enabled", False))
 
 
 def _group(s: Any, hosts: str | None, leader_address: str | None, group_size: int | None) -> list[str]:
@@ -102,7 +110,7 @@ def leader(
                     http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, tritonserver=tritonserver,
                     extra_llm_api_options=extra_llm_api_options)
     L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
-                rdma=lc.rdma if rdma is None else rdma, gpus_per_node=gpn, skip=skip_preflight or [])
+                rdma=_rdma(s, rdma), gpus_per_node=gpn, skip=skip_preflight or [])
     rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir),
                       wait_timeout_s=wait_timeout or lc.worker_wait_timeout_s,
@@ -126,7 +134,7 @@ def worker(
     if worker_index == 0:
         L.log("worker", "warning: LWS_WORKER_INDEX=0 is the leader's index")
     L.preflight("worker", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
-                rdma=lc.rdma if rdma is None else rdma, gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
+                rdma=_rdma(s, rdma), gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
                 skip=skip_preflight or [])
     rc = L.run_worker(group=group, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir))
