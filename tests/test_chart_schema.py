@@ -12,7 +12,12 @@ import yaml
 from chart_tools import CHART, tool
 
 from dsv3ctl.core.spec import Spec, load_spec
-from dsv3ctl.render.values import chart_default_values_yaml, chart_values_schema, chart_values_schema_text, render_values
+from dsv3ctl.render.values import (
+    chart_default_values_yaml,
+    chart_values_schema,
+    chart_values_schema_text,
+    render_values,
+)
 
 REGEN = os.environ.get("DSV3CTL_REGEN") == "1"
 

@@ -11,8 +11,9 @@ Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from dsv3ctl.errors import RuntimeFailure
 

@@ -208,7 +208,7 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
 # --------------------------------------------------------------------------------------------- logs
 
 
-class Role(str, Enum):
+class Role(str, Enum):  # noqa: UP042 - same style as _common.OutputFormat
     leader = "leader"
     worker = "worker"
 
