@@ -164,8 +164,7 @@ def infer(
 
 def chat(
     message: Annotated[list[str] | None, typer.Option(
-        "--message", "-m", help="User message for a one-shot chat (repeatable: earlier ones become history "
-                                "with empty answers is NOT done; they are sent as consecutive user turns).")] = None,
+        "--message", "-m", help="User message for a one-shot chat (repeatable: sent as consecutive user turns).")] = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     tokenizer_dir: TokDirOpt = None,
     url: UrlOpt = None,
