@@ -34,6 +34,14 @@ test: $(STAMP) tools ## run every test (builds the cluster tools on a cold machi
 test-fast: $(STAMP) ## unit tests only (no cluster, no network namespaces)
 	$(BIN)/pytest -q -m "not cluster and not netns"
 
+demo: $(STAMP) testbed-up ## the main job on the embedded default: plan, weights verify, repo build, render, deploy, status on the local cluster
+	@tools/demo.sh
+
+demo-down: ## remove what `make demo` made: the release, the local cluster and .run/demo
+	-@$(BIN)/python -m dsv3ctl.adapters.testbed status >/dev/null 2>&1 && eval "$$($(BIN)/python -m dsv3ctl.adapters.testbed env)" && $(BIN)/dsv3ctl undeploy || true
+	@$(BIN)/python -m dsv3ctl.adapters.testbed down
+	rm -rf .run/demo
+
 # ---- image, launcher and Slurm (issue 6) ----
 .PHONY: sys-deps
 SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck
