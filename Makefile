@@ -28,7 +28,7 @@ lint: $(STAMP) ## ruff and mypy
 tools: ## build (or reuse from the cache) the pinned local-cluster tools from the Go module proxy
 	@tools/build.sh
 
-test: $(STAMP) tools ## run every test (builds the cluster tools on a cold machine; the cluster tests run for real)
+test: $(STAMP) sys-deps tools ## run every test (apt test deps, builds the cluster tools on a cold machine; cluster and netns tests run for real)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) ## unit tests only (no cluster, no network namespaces)
