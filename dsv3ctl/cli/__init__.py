@@ -23,6 +23,7 @@ from dsv3ctl.cli import plan as _plan
 from dsv3ctl.cli import repo as _repo
 from dsv3ctl.cli import spec as _spec
 from dsv3ctl.cli import weights as _weights
+from dsv3ctl.cli import convert as _convert
 from dsv3ctl.cli._common import STATE
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ _launch.register(app)
 _image.register(app)
 _slurm.register(app)
 _weights.register(app)
+_convert.register(app)
 
 
 def main() -> None:
