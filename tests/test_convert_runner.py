@@ -331,7 +331,9 @@ def test_build_engine_runs_trtllm_build_with_every_flag(run_cli, tools, hf_ckpt,
     # the engine directory passes `repo check`'s engine rules too (config.json + rank files)
     from dsv3ctl.adapters.model_repo import _check_engine
 
-    assert _check_engine(eng, {}, []) == []
+    notes: list[str] = []
+    assert _check_engine(eng, {}, notes) == []
+    assert any(f"built by TensorRT-LLM {VERSION}" in n for n in notes)
 
 
 def test_build_engine_bf16_adds_the_plugins_and_caps_workers_by_gpus(run_cli, tools, hf_ckpt, write_spec, tmp_path,

@@ -330,6 +330,15 @@ def _check_engine(engine_dir: Path, configs: dict[str, Any], notes: list[str]) -
     for extra in sorted(present - expected):
         problems.append(f"{engine_dir}: {extra}: not a rank of world_size {info.tp_size * info.pp_size}: remove it "
                         "or rebuild the engine with the matching tp/pp")
+    build_info = engine_dir / ".dsv3ctl" / "build-info.json"  # written by `dsv3ctl build-engine`
+    if build_info.is_file():
+        try:
+            built_by = json.loads(build_info.read_text()).get("tensorrt_llm_version")
+        except (ValueError, AttributeError):
+            built_by = None
+        if built_by:
+            notes.append(f"{engine_dir}: built by TensorRT-LLM {built_by} ({build_info}); the serving image's "
+                         "TensorRT-LLM and backend must be that same build (engines load only there)")
     if info.placeholder:
         notes.append(f"{engine_dir}: labelled dsv3ctl skeleton: the rank*.engine files are empty placeholders; "
                      "tritonserver cannot load it")
