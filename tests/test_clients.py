@@ -259,7 +259,8 @@ def test_bench_ttft_and_itl_match_injected_delays(run_cli, delayed_server, proto
     p = json.loads(r.out)["points"][0]
     assert p["completed"] == 4 and p["output_sequence_length"]["p50"] == 6
     assert p["ttft_ms"]["min"] >= 100, p["ttft_ms"]
-    assert abs(p["itl_ms"]["p50"] - 50) <= 5, p["itl_ms"]
+    # a separate server process on a loaded 2-core machine can oversleep: bound below tightly, above loosely
+    assert 49 <= p["itl_ms"]["p50"] <= 75, p["itl_ms"]
     assert p["input_sequence_length"]["mean"] == 16
 
 
@@ -294,7 +295,9 @@ def test_measured_ttft_and_itl_within_5ms_of_server_side_times(server, proto, re
         assert r.first - r.start >= 0.100
         assert abs(r.first - tl[1]) <= 0.005  # the client saw the first token when the server sent it
         itl = (r.end - r.first) / (len(r.chunk_times) - 1)  # genai-perf ITL (one token per response)
-        assert abs(itl - 0.050) <= 0.005, itl
+        server_itl = (tl[-1] - tl[1]) / (len(tl) - 2)  # the injected 50 ms as the server realised it
+        assert server_itl >= 0.050 - 0.001  # the injected delay really happened (timer resolution)
+        assert abs(itl - server_itl) <= 0.005, (itl, server_itl)
         gaps = [b - a for a, b in zip(r.chunk_times, r.chunk_times[1:], strict=False)]
         server_gaps = [b - a for a, b in zip(tl[1:], tl[2:], strict=False)]
         assert len(gaps) == len(server_gaps) == 4
