@@ -257,6 +257,7 @@ def _stop_pid(pid: int, exe: str, grace_s: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         _reap(pid)
         if not _proc_alive(pid):
+            _reap(pid)  # it may have exited between the two calls: leave no zombie behind
             return True
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
@@ -264,6 +265,7 @@ def _stop_pid(pid: int, exe: str, grace_s: float = 10.0) -> bool:
     for _ in range(50):
         _reap(pid)
         if not _proc_alive(pid):
+            _reap(pid)
             break
         time.sleep(0.1)
     return True
@@ -487,8 +489,9 @@ def node_manifest(index: int, gpus: int = GPUS_PER_NODE) -> dict[str, Any]:
         },
         "spec": {},
         "status": {"capacity": resources, "allocatable": dict(resources),
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                "kubeletVersion": K8S_VERSION}},
+                   # fake addresses (kwok keeps them; pods report them as hostIP); never contacted
+                   "addresses": [{"type": "InternalIP", "address": f"10.255.{index // 250}.{index % 250 + 1}"},
+                                 {"type": "Hostname", "address": name}]},
     }
 
 
@@ -567,6 +570,9 @@ def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | 
     with _locked(run_dir):
         if healthy(run_dir):
             state = _read_state(run_dir)
+            if int(state.get("nodes", 0)) != nodes:
+                raise RuntimeFailure(f"a testbed with {state.get('nodes')} nodes already runs in {run_dir}, "
+                                     f"{nodes} wanted", hint="make testbed-down, or set DSV3CTL_TESTBED_DIR")
             return Testbed(run_dir, Path(state.get("bin_dir", bin_dir)), started=False, state=state)
         _stop_all(run_dir)
         share = _check_tools(bin_dir)
@@ -587,10 +593,10 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
 
     for sub in ("logs", "pids", "users"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    for old in (run_dir / "logs").glob("*.log"):
-        old.unlink()
-    for old in ("etcd-data", "pki"):
-        _rmtree(run_dir / old)
+    for log in (run_dir / "logs").glob("*.log"):
+        log.unlink()
+    for sub in ("etcd-data", "pki"):
+        _rmtree(run_dir / sub)
     _make_pki(run_dir / "pki")
     pki = run_dir / "pki"
     ports = {"etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": _free_port(), "kcm": _free_port(),
@@ -651,20 +657,20 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
     pids["kwok"] = _spawn(run_dir, state, "kwok", [
         b["kwok"], f"--kubeconfig={kubeconfig}", f"--config={_kwok_config(run_dir, share)}",
         "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        f"--cidr={POD_CIDR}", "--node-ip=10.244.255.254", "--node-lease-duration-seconds=40",
+        f"--cidr={POD_CIDR}", "--node-lease-duration-seconds=40",
         f"--server-address=127.0.0.1:{ports['kwok']}",
     ], env=clean_env)
 
     api = Testbed(run_dir, bin_dir, state=state).api_client()
     from kubernetes import client as k
 
-    core = k.CoreV1Api(api)
-    ext = k.ApiextensionsV1Api(api)
+    core: Any = k.CoreV1Api(api)  # dict bodies; the client's stubs want model objects
+    ext: Any = k.ApiextensionsV1Api(api)
     import yaml
 
     crd_names = []
     for f in sorted((share / "lws" / "crd").glob("*.yaml")):
-        crd = yaml.safe_load(f.read_text())
+        crd = yaml.load(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 1 MB+ files
         ext.create_custom_resource_definition(crd)
         crd_names.append(crd["metadata"]["name"])
     for i in range(nodes):
@@ -686,7 +692,7 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
     _wait("lws-manager readyz and webhook port",
           lambda: _http_ok(_health_urls(state)["lws-manager"])[0] and _tls_listening(ports["webhook"]),
           left(), run_dir, pids)
-    adm = k.AdmissionregistrationV1Api(api)
+    adm: Any = k.AdmissionregistrationV1Api(api)
     for cfg in _webhook_configs(share, ports["webhook"], _b64(pki / "ca.crt")):
         if cfg["kind"] == "MutatingWebhookConfiguration":
             adm.create_mutating_webhook_configuration(cfg)
@@ -761,7 +767,7 @@ def status(run_dir: Path | None = None) -> dict[str, Any]:
             from kubernetes import client as k
 
             api = Testbed(run_dir, Path(state["bin_dir"]), state=state).api_client()
-            nodes = k.CoreV1Api(api).list_node().items
+            nodes: Any = k.CoreV1Api(api).list_node().items
             result["nodes_ready"] = sum(any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
                                         for n in nodes)
             result["nodes"] = len(nodes)
