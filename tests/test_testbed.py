@@ -173,3 +173,27 @@ def test_pinned_helm_versions(testbed, binary, version):
     out = subprocess.run([str(getattr(testbed, binary)), "version", "--template", "{{.Version}}"],
                          capture_output=True, text=True, env=testbed.env, check=True, timeout=60)
     assert out.stdout.strip() == version
+
+
+def test_failed_start_stops_what_it_started_and_shows_logs(testbed, tmp_path):
+    """A component that dies during `up` fails it with that component's log, and nothing is left running."""
+    from dsv3ctl.adapters import testbed as tb
+    from dsv3ctl.errors import RuntimeFailure
+
+    bin_dir = tmp_path / "tools" / "bin"
+    bin_dir.mkdir(parents=True)
+    for f in testbed.bin_dir.iterdir():
+        (bin_dir / f.name).symlink_to(f)
+    (bin_dir.parent / "share").symlink_to(testbed.share_dir)
+    (bin_dir / "kube-scheduler").unlink()
+    (bin_dir / "kube-scheduler").write_text("#!/bin/sh\necho 'scheduler: simulated crash' >&2\nexit 3\n")
+    (bin_dir / "kube-scheduler").chmod(0o755)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeFailure) as e:
+        tb.up(run_dir=run_dir, bin_dir=bin_dir, timeout_s=120)
+    assert "kube-scheduler" in e.value.message and "simulated crash" in e.value.message
+    state = tb._read_state(run_dir)
+    assert state["up"] is False and state["pids"] == {}
+    assert not tb.status(run_dir)["healthy"]
+    logs = {p.name for p in (run_dir / "logs").iterdir()}
+    assert {"etcd.log", "kube-apiserver.log", "kube-scheduler.log"} <= logs
