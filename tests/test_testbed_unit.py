@@ -103,3 +103,24 @@ def test_pki_serves_loopback_and_admin_is_cluster_admin(tmp_path):
     assert "O=system:masters" in admin.subject.rfc4514_string()
     hook = x509.load_pem_x509_certificate((tmp_path / "webhook" / "tls.crt").read_bytes())
     assert hook.issuer == api.issuer
+
+
+def test_release_stops_only_a_pytest_cluster_that_no_other_session_uses(tmp_path, monkeypatch):
+    monkeypatch.delenv("DSV3CTL_TESTBED_KEEP", raising=False)
+    stopped = []
+    monkeypatch.setattr(tb, "_stop_all", lambda run_dir: stopped.append(run_dir) or [])
+    (tmp_path / "users").mkdir()
+    handle = tb.Testbed(tmp_path, tmp_path / "bin")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tb._write_state(tmp_path, {"owner": "manual"})
+        assert tb.release(handle) is False and not stopped  # make testbed-up's cluster: never stopped by tests
+        tb._write_state(tmp_path, {"owner": "pytest"})
+        (tmp_path / "users" / str(other.pid)).write_text("reused\n")
+        (tmp_path / "users" / str(tb.os.getpid())).write_text("started\n")
+        assert tb.release(handle) is False and not stopped  # another live session still uses it
+        assert not (tmp_path / "users" / str(tb.os.getpid())).exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert tb.release(handle) is True and stopped == [tmp_path]  # the last user stops it

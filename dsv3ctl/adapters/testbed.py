@@ -555,13 +555,14 @@ def healthy(run_dir: Path | None = None) -> bool:
 
 
 def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | None = None,
-       timeout_s: float = 300.0, owner: str = "manual") -> Testbed:
+       timeout_s: float = 300.0, owner: str = "manual", register_user: bool = False) -> Testbed:
     """Start the testbed (or reuse a healthy one in ``run_dir``) and wait until every node is Ready.
 
     ``nodes`` fake GPU nodes (8 ``nvidia.com/gpu`` each); ``timeout_s`` bounds the whole start (seconds).
     Returns a :class:`Testbed` with ``started=True`` only if this call started the processes.
     Raises :class:`SpecError` for a bad node count, :class:`RuntimeFailure` when tools are missing or a
-    component fails (the message carries the component log tails).
+    component fails (the message carries the component log tails). With ``register_user`` this process is
+    recorded under ``<run_dir>/users/<pid>`` while still holding the lock (see :func:`acquire`).
     """
     if not 1 <= nodes <= 64:
         raise SpecError(f"testbed nodes must be between 1 and 64, got {nodes}")
@@ -573,15 +574,20 @@ def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | 
             if int(state.get("nodes", 0)) != nodes:
                 raise RuntimeFailure(f"a testbed with {state.get('nodes')} nodes already runs in {run_dir}, "
                                      f"{nodes} wanted", hint="make testbed-down, or set DSV3CTL_TESTBED_DIR")
-            return Testbed(run_dir, Path(state.get("bin_dir", bin_dir)), started=False, state=state)
-        _stop_all(run_dir)
-        share = _check_tools(bin_dir)
-        try:
-            state = _start(run_dir, bin_dir, share, nodes, timeout_s, owner)
-        except BaseException:
+            tb = Testbed(run_dir, Path(state.get("bin_dir", bin_dir)), started=False, state=state)
+        else:
             _stop_all(run_dir)
-            raise
-        return Testbed(run_dir, bin_dir, started=True, state=state)
+            share = _check_tools(bin_dir)
+            try:
+                state = _start(run_dir, bin_dir, share, nodes, timeout_s, owner)
+            except BaseException:
+                _stop_all(run_dir)
+                raise
+            tb = Testbed(run_dir, bin_dir, started=True, state=state)
+        if register_user:
+            (run_dir / "users").mkdir(exist_ok=True)
+            (run_dir / "users" / str(os.getpid())).write_text(f"{'started' if tb.started else 'reused'}\n")
+        return tb
 
 
 def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: float, owner: str) -> dict[str, Any]:
@@ -786,10 +792,7 @@ def acquire(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, timeout_s: 
 
     Registers this process under ``<run_dir>/users/<pid>``; pair with :func:`release`. Errors as :func:`up`.
     """
-    tb = up(nodes=nodes, run_dir=run_dir, timeout_s=timeout_s, owner="pytest")
-    (tb.run_dir / "users").mkdir(exist_ok=True)
-    (tb.run_dir / "users" / str(os.getpid())).write_text(f"{'started' if tb.started else 'reused'}\n")
-    return tb
+    return up(nodes=nodes, run_dir=run_dir, timeout_s=timeout_s, owner="pytest", register_user=True)
 
 
 def release(tb: Testbed) -> bool:
