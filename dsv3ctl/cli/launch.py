@@ -1,4 +1,4 @@
-"""``dsv3ctl launch leader|worker|rank``: the in-container launcher that turns one LeaderWorkerSet group of pods
+"""``dsv3ctl launch leader|worker|rank|prepare``: the in-container launcher that turns one LeaderWorkerSet group of pods
 (or any host list) into one MPI world running Triton/TensorRT-LLM. See docs/launch.md for the contract.
 
 Every value comes from the spec (``--spec``/``DSV3CTL_SPEC``: serving, parallelism, launch sections) and can be
@@ -15,7 +15,8 @@ import typer
 from dsv3ctl.cli._common import SpecOpt, load
 
 launch_app = typer.Typer(name="launch", help="In-container launcher: leader (mpirun), worker (sshd + watchdog), "
-                                             "rank (exec the server of one MPI rank).", no_args_is_help=True)
+                                             "rank (exec the server of one MPI rank), prepare (fill the volume).",
+                         no_args_is_help=True)
 
 LeaderAddrOpt = Annotated[str | None, typer.Option("--leader-address", envvar="LWS_LEADER_ADDRESS", show_envvar=True,
                                                    help="<lws>-<group>.<lws>.<namespace>; workers are derived from it.")]
@@ -167,8 +168,43 @@ def rank(
     typer.echo(shell_join(argv))
 
 
+def prepare(
+    spec: SpecOpt = None,
+    python: Annotated[str, typer.Option("--python", help="Interpreter with tensorrt_llm (convert, build-engine).")] =
+        "python3",
+    convert_script: Annotated[str, typer.Option("--convert-script", help="The deepseek branch's convert_checkpoint.py.")] =
+        "/opt/tensorrt_llm/examples/deepseek_v3/convert_checkpoint.py",
+    trtllm_build: Annotated[str, typer.Option("--trtllm-build", help="trtllm-build executable.")] = "trtllm-build",
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="Hugging Face token file (else HF_TOKEN).")] =
+        None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the steps, their commands and paths; run nothing.")] =
+        False,
+) -> None:
+    """Prepare the shared volume (the chart's prepare Job): weights download (skipped when the checkpoint
+    verifies), weights cast-bf16 (model.precision bf16), convert + build-engine (engine mode), repo build into
+    launch.model_repository. Finished steps are skipped, so a rerun resumes."""
+    from dsv3ctl.adapters import launcher as L
+    from dsv3ctl.adapters import prepare as P
+
+    s = load(spec)
+    steps = P.plan_steps(s, spec, python=python, convert_script=convert_script, trtllm_build=trtllm_build,
+                         token_file=token_file)
+    log = lambda msg: L.log("prepare", msg)  # noqa: E731
+    if dry_run:
+        for i, rec in enumerate(P.run_steps(steps, log, dry_run=True), 1):
+            paths = ", ".join(f"{k}={v}" for k, v in rec["paths"].items())
+            typer.echo(f"[{i}/{len(steps)}] {rec['step']}: {rec['command']}")
+            typer.echo(f"    paths: {paths}" + (f"\n    would skip: {rec['reason']}" if rec["reason"] else ""))
+        return
+    log(f"{len(steps)} steps ({getattr(s.serving.mode, 'value', s.serving.mode)} mode): {', '.join(st.name for st in steps)}")
+    recs = P.run_steps(steps, log)
+    skipped = sum(1 for r in recs if r["status"] == "skipped")
+    log(f"prepared: {len(recs) - skipped} done, {skipped} skipped")
+
+
 def register(app: typer.Typer) -> None:
     launch_app.command("leader")(leader)
+    launch_app.command("prepare")(prepare)
     launch_app.command("worker")(worker)
     launch_app.command("rank")(rank)
     app.add_typer(launch_app, name="launch")

@@ -172,6 +172,8 @@ class LaunchSpec(_Strict):
     engine_dir: str = Field("", description="Engine directory (engine mode); empty = read gpt_model_path from "
                                             "<model_repository>/tensorrt_llm/config.pbtxt")
     model_dir: str = Field("/models/hf", description="Hugging Face checkpoint directory (trtllm-serve frontend)")
+    trtllm_checkpoint_dir: str = Field(
+        "/models/trtllm_ckpt", description="TensorRT-LLM checkpoint directory `launch prepare` converts into (engine mode)")
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=1, le=65535)
     metrics_port: int = Field(8002, ge=1, le=65535)
