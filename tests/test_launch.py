@@ -125,3 +125,47 @@ def test_launch_rank_cli(run_cli, write_spec):
     assert r.code == 2 and "--mode" in r.err
     r = run_cli("launch", "leader", "--leader-address", "nope", "--group-size", "2")
     assert r.code == 2 and "LWS_LEADER_ADDRESS" in r.err
+
+
+SSHD_DOUBLE = """#!/bin/sh
+# TEST DOUBLE of sshd: `-t` accepts any config; `-D` logs an accepted key (the leader's session) and stays up,
+# unless DSV3CTL_TEST_SSHD_EXIT is set (sshd dies at once).
+case "$1" in -t) exit 0 ;; esac
+if [ -n "$DSV3CTL_TEST_SSHD_EXIT" ]; then exit 3; fi
+echo "Accepted publickey for root from 10.0.0.1 port 40000 ssh2: ED25519 SHA256:test-double" >&2
+exec sleep 60
+"""
+
+
+def test_watchdog_writes_session_lost_when_the_leader_session_is_gone(tmp_path, monkeypatch):
+    """The chart's worker livenessProbe is `test ! -e "$DSV3CTL_RUNTIME_DIR/session-lost"`: the watchdog writes
+    that file (one line, with the reason) before exiting 1; a stale one from an earlier run is removed at start."""
+    import types
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sshd").write_text(SSHD_DOUBLE)
+    (bin_dir / "sshd").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(L, "install_ssh", lambda **kw: types.SimpleNamespace(sshd_config=tmp_path / "sshd_config"))
+    monkeypatch.setattr(L.signal, "signal", lambda *a: None)  # keep pytest's own SIGTERM/SIGINT handlers
+    mkdir = L.Path.mkdir  # /run/sshd (privilege separation) is not needed by the double, nor writable without root
+    monkeypatch.setattr(L.Path, "mkdir", lambda self, *a, **kw: None if str(self) == "/run/sshd" else mkdir(self, *a, **kw))
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    lost = runtime / L.SESSION_LOST
+
+    lost.write_text("stale from an earlier container\n")
+    monkeypatch.setenv("DSV3CTL_TEST_SSHD_EXIT", "1")
+    assert L.run_worker(group=["a", "b"], ssh_port=2222, secret_dir="/x", runtime_dir=str(runtime), poll_s=0.05) == 1
+    assert not lost.exists()  # sshd died, no session was lost: and the stale marker is gone
+
+    monkeypatch.delenv("DSV3CTL_TEST_SSHD_EXIT")
+    polls = iter([[4242], [4242]])  # orted under sshd for two polls, then nothing
+    monkeypatch.setattr(L, "session_processes", lambda root: next(polls, []))
+    rc = L.run_worker(group=["a", "b"], ssh_port=2222, secret_dir="/x", runtime_dir=str(runtime), poll_s=0.05,
+                      grace_polls=2)
+    assert rc == 1
+    text = lost.read_text()
+    assert text.count("\n") == 1 and "leader session is gone" in text and "2 polls" in text
+    assert not list(runtime.glob(".*.tmp"))  # written atomically

@@ -93,7 +93,9 @@ class Cluster:
         self.engine = tmp / "engine"
         self.set_engine_tp(tp if tp is not None else nodes * slots)
         self.spec = tmp / "dsv3.yaml"
-        self.spec.write_text(f"parallelism: {{nodes: {nodes}, gpus_per_node: {slots}, tp: {nodes * slots}}}\n")
+        # deploy.rdma.enabled defaults to true (it turns on the RDMA preflight): these namespaces have no RDMA
+        self.spec.write_text(f"parallelism: {{nodes: {nodes}, gpus_per_node: {slots}, tp: {nodes * slots}}}\n"
+                             "deploy: {rdma: {enabled: false}}\n")
 
     def set_engine_tp(self, tp: int) -> None:
         (self.repo / "tensorrt_llm").mkdir(parents=True, exist_ok=True)
@@ -312,3 +314,5 @@ def test_leader_killed_worker_exits(cluster):
     rc = _wait(w, 45)
     assert rc == 1, c.log(1)
     assert "leader session is gone" in c.log(1)
+    lost = c.run_root / c.names[1].split(".")[0] / "session-lost"  # what the chart's worker livenessProbe tests
+    assert "leader session is gone" in lost.read_text(), c.log(1)

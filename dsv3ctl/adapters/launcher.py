@@ -37,6 +37,9 @@ from dsv3ctl.render import launch as R
 CLIENT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa", "ssh-privatekey")
 HOST_KEY_NAMES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key", "ssh_host_key")
 PREFLIGHT_CHECKS = ("shm", "memlock", "infiniband", "gpus")
+#: ``<runtime_dir>/session-lost``: written by the worker's watchdog when the leader's session is gone; the chart's
+#: worker livenessProbe is ``test ! -e "$DSV3CTL_RUNTIME_DIR/session-lost"`` (a backstop should the exit not happen).
+SESSION_LOST = "session-lost"
 GIB = 1024**3
 
 
@@ -378,14 +381,24 @@ def session_processes(root: int, table: Mapping[int, tuple[int, str]] | None = N
     return out
 
 
+def mark_session_lost(runtime_dir: str | Path, reason: str) -> Path:
+    """Write ``<runtime_dir>/session-lost`` atomically with one line: the UTC time and ``reason``."""
+    p = Path(runtime_dir) / SESSION_LOST
+    atomic_write_text(p, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(reason.split())}\n")
+    return p
+
+
 def run_worker(*, group: Sequence[str], ssh_port: int, secret_dir: str, runtime_dir: str,
                poll_s: float = 1.0, grace_polls: int = 2, env: Mapping[str, str] | None = None) -> int:
     """Worker: run sshd in the foreground and watch it. Once a leader session has started (sshd logs an accepted
     key, or a non-sshd process runs under sshd), exit 1 as soon as no process runs under sshd any more for
     ``grace_polls`` polls (OpenMPI's orted and the ranks are gone), so LeaderWorkerSet recreates the group.
     The leader's readiness probe only reads the SSH banner, so it never arms the watchdog.
+    Before that exit it writes ``<runtime_dir>/session-lost`` (:func:`mark_session_lost`; a stale one is removed
+    at start), which fails the chart's worker livenessProbe should the process linger.
     Exits 1 too when sshd dies. SIGTERM stops sshd and exits 0."""
     env = dict(os.environ if env is None else env)
+    (Path(runtime_dir) / SESSION_LOST).unlink(missing_ok=True)
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
     if not sshd:
         raise RuntimeFailure("sshd not found; the image must contain openssh-server")
@@ -432,7 +445,10 @@ def run_worker(*, group: Sequence[str], ssh_port: int, secret_dir: str, runtime_
             if armed:
                 missing = 0 if live else missing + 1
                 if missing >= grace_polls:
-                    log("worker", "leader session is gone; exiting so LeaderWorkerSet recreates the group")
+                    lost = mark_session_lost(runtime_dir, f"leader session is gone: no process under sshd "
+                                                          f"(pid {proc.pid}) for {grace_polls} polls")
+                    log("worker", f"leader session is gone (wrote {lost}); exiting so LeaderWorkerSet recreates "
+                                  "the group")
                     return 1
             time.sleep(poll_s)
     finally:
