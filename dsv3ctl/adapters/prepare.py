@@ -12,7 +12,8 @@ commands that can be copied:
    (``launch.engine_dir``, default ``/models/engines``); both are fingerprinted and report ``skipped``
    themselves when up to date;
 4. ``repo build --out <launch.model_repository>`` (engine mode with ``--engine-mount <engine_dir>``: the pods
-   mount the same volume at the same path; llmapi with ``--model-path <model_dir>``); unchanged = skipped.
+   mount the same volume at the same path; llmapi with ``--model-path <model_dir>``); unchanged = skipped;
+   ``--force`` only when the existing repository is dsv3ctl's (its manifest is there), so an upgrade replaces it.
    Not run for ``frontend: trtllm-serve`` (it serves ``launch.model_dir`` directly).
 
 Each step logs its start, its end (done/skipped) and its duration. A failing step raises RuntimeFailure
