@@ -52,6 +52,26 @@ def delete_namespace(core, ns: str) -> None:
     wait_for(f"pods of {ns} gone", lambda: not core.list_namespaced_pod(ns).items)
 
 
+def gpu_holders(core) -> list[str]:
+    """Pods (any namespace) that hold nvidia.com/gpu on a node: they would change what fits."""
+    held = []
+    for p in core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items:
+        if p.spec.node_name and any("nvidia.com/gpu" in ((c.resources and c.resources.limits) or {})
+                                    for c in p.spec.containers):
+            held.append(f"{p.metadata.namespace}/{p.metadata.name}")
+    return held
+
+
+def require_free_gpus(core) -> None:
+    """The scenarios below need all 16 GPUs; another test's leftovers (or a concurrent session) would
+    make them fail for the wrong reason, so wait a little and then say who holds them."""
+    try:
+        wait_for("no pod holding GPUs", lambda: not gpu_holders(core), timeout=90)
+    except AssertionError:
+        pytest.fail(f"GPUs of the testbed are held by other pods: {gpu_holders(core)} "
+                    "(a test that does not clean up, or another session on the same cluster)")
+
+
 def lws_body(name: str, size: int, gpus: int = 8) -> dict:
     return {
         "apiVersion": f"{LWS_GROUP}/{LWS_VERSION}", "kind": "LeaderWorkerSet", "metadata": {"name": name},
@@ -95,6 +115,7 @@ def test_nodes_ready_with_eight_gpus(kube, testbed):
 def group(kube):
     """One LWS of size 2 (8 GPUs per pod) in a fresh namespace, Ready; deleted after the class."""
     core, custom, _ = kube
+    require_free_gpus(core)
     ns, name = make_namespace(core), "grp"
     custom.create_namespaced_custom_object(LWS_GROUP, LWS_VERSION, ns, LWS_PLURAL, lws_body(name, 2))
     wait_for("2 LWS pods Ready", lambda: len(p := lws_pods(core, ns, name)) == 2 and all(map(ready, p)))
@@ -146,6 +167,7 @@ class TestLeaderWorkerSet:
 
 def test_lws_needing_three_gpu_nodes_stays_pending(kube):
     core, custom, _ = kube
+    require_free_gpus(core)
     ns, name = make_namespace(core), "big"
     try:
         custom.create_namespaced_custom_object(LWS_GROUP, LWS_VERSION, ns, LWS_PLURAL, lws_body(name, 3))
