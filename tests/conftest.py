@@ -62,6 +62,8 @@ def testbed(request):
     ``kubeconfig``, ``bin_dir``, ``env``, ``helm``, ``helm3``, ``kubectl``, ``kubeconform``, ``lws_crd_dir``,
     ``nodes`` and ``api_client()``. On failure the component log tails are printed.
     """
+    import contextlib
+
     from dsv3ctl.adapters import testbed as tb
     from dsv3ctl.errors import Dsv3Error
 
@@ -72,8 +74,8 @@ def testbed(request):
     failed_before = request.session.testsfailed
     yield handle
     if request.session.testsfailed > failed_before:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\n[testbed] tests failed; component log tails ({handle.run_dir / 'logs'}):")
-            reporter.write_line(handle.log_tails(20))
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            print(f"\n[testbed] tests failed; component log tails ({handle.run_dir / 'logs'}):", file=sys.stderr)
+            print(handle.log_tails(20), file=sys.stderr)
     tb.release(handle)

@@ -640,6 +640,10 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC", "--allow-privileged=true",
         "--endpoint-reconciler-type=none", "--profiling=false", "--v=1",
+        # front-proxy settings (unused; without them kcm/scheduler log an error every few seconds)
+        f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
     ], env=clean_env)
     _wait("kube-apiserver /readyz", lambda: _http_ok(_health_urls(state)["kube-apiserver"], run_dir)[0],
           left(), run_dir, {"etcd": pid, "kube-apiserver": pid_api})
