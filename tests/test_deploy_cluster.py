@@ -17,10 +17,20 @@ NS = "dsv3-test"
 
 @pytest.fixture
 def kenv(testbed, monkeypatch):
+    """The testbed's environment; afterwards every release left in NS is uninstalled, so a failed test never
+    keeps the fake GPUs from the tests that follow (they share one cluster per session)."""
     for k, v in testbed.env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DSV3CTL_HELM", str(testbed.helm))
-    return testbed
+    yield testbed
+    left = subprocess.run([str(testbed.helm), "list", "-n", NS, "-q"], capture_output=True, text=True,
+                          check=False, env=testbed.env).stdout.split()
+    for rel in left:
+        subprocess.run([str(testbed.helm), "uninstall", rel, "-n", NS, "--wait", "--timeout", "120s"],
+                       capture_output=True, check=False, env=testbed.env)
+    if left:
+        subprocess.run([str(testbed.kubectl), "-n", NS, "delete", "pod", "--all", "--wait=true", "--timeout=60s"],
+                       capture_output=True, check=False, env=testbed.env)
 
 
 def _kubectl(tb, *args: str) -> str:

@@ -77,5 +77,12 @@ def uninstall(release: str, namespace: str, *, timeout_s: int = 300, helm: str |
 
 
 def release_exists(release: str, namespace: str, *, helm: str | None = None) -> bool:
-    out = run(["list", "--namespace", namespace, "--filter", f"^{release}$", "--short", "--all"], helm=helm)
-    return release in out.split()
+    """Whether a release of that name exists in any state. ``helm status`` answers the same on Helm 3 and 4
+    (``helm list --all`` is gone in Helm 4, which lists every state by default)."""
+    try:
+        run(["status", release, "--namespace", namespace], helm=helm)
+    except RuntimeFailure as err:
+        if "not found" in err.message:
+            return False
+        raise
+    return True

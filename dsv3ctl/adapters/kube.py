@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dsv3ctl.core.planner import Check  # one check record for plan and preflight
 from dsv3ctl.errors import RuntimeFailure
 
 LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
@@ -86,14 +87,6 @@ class Kube:
 
 
 # ------------------------------------------------------------------------------------------ preflight
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    message: str
-    severity: str = "error"  # error | warning | info
 
 
 def _tolerates(tolerations: list[dict[str, Any]], taint: Any) -> bool:
