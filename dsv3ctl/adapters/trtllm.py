@@ -35,9 +35,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dsv3ctl.core.spec import Spec
 from dsv3ctl.errors import RuntimeFailure, SpecError

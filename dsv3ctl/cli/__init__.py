@@ -14,16 +14,16 @@ from typing import Annotated
 import typer
 
 from dsv3ctl import __version__
+from dsv3ctl.cli import clients as _clients
+from dsv3ctl.cli import convert as _convert
+from dsv3ctl.cli import deploy as _deploy
 from dsv3ctl.cli import image as _image
 from dsv3ctl.cli import launch as _launch
-from dsv3ctl.cli import slurm as _slurm
-from dsv3ctl.cli import clients as _clients
-from dsv3ctl.cli import deploy as _deploy
 from dsv3ctl.cli import plan as _plan
 from dsv3ctl.cli import repo as _repo
+from dsv3ctl.cli import slurm as _slurm
 from dsv3ctl.cli import spec as _spec
 from dsv3ctl.cli import weights as _weights
-from dsv3ctl.cli import convert as _convert
 from dsv3ctl.cli._common import STATE
 
 app = typer.Typer(

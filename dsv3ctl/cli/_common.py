@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -43,7 +44,7 @@ OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="Output 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be done, change nothing.")]
 
 
-def load(spec_path: Path | None) -> "Spec":
+def load(spec_path: Path | None) -> Spec:
     from dsv3ctl.core.spec import load_spec
 
     return load_spec(spec_path)
@@ -54,11 +55,11 @@ class Sink:
 
     def __init__(self, output: OutputFormat = OutputFormat.table) -> None:
         self.json = output == OutputFormat.json
-        self._out: "Console | None" = None
-        self._err: "Console | None" = None
+        self._out: Console | None = None
+        self._err: Console | None = None
 
     @property
-    def out(self) -> "Console":
+    def out(self) -> Console:
         if self._out is None:
             from rich.console import Console
 
@@ -66,7 +67,7 @@ class Sink:
         return self._out
 
     @property
-    def err(self) -> "Console":
+    def err(self) -> Console:
         if self._err is None:
             from rich.console import Console
 
@@ -77,7 +78,7 @@ class Sink:
         """Human progress text: stdout in table mode, stderr in JSON mode."""
         (self.err if self.json else self.out).print(text)
 
-    def emit(self, data: Any, human: Callable[["Console"], None] | None = None) -> None:
+    def emit(self, data: Any, human: Callable[[Console], None] | None = None) -> None:
         """Print ``data`` as JSON, or call ``human(console)`` to render it for people."""
         if self.json or human is None:
             sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

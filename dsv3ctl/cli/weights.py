@@ -13,7 +13,7 @@ from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOp
 group = typer.Typer(help="Download, verify and cast DeepSeek-V3 checkpoints.", no_args_is_help=True)
 
 
-def _report_human(rep_json: dict) -> "object":
+def _report_human(rep_json: dict) -> object:
     def human(con) -> None:  # type: ignore[no-untyped-def]
         mark = "[green]ok[/]" if rep_json["ok"] else "[red]FAIL[/]"
         con.print(f"{mark} {rep_json['path']}: {rep_json['precision']} checkpoint, {rep_json['found_tensors']:,} of "
@@ -118,7 +118,13 @@ def download(
 
     from dsv3ctl.adapters import hub
     from dsv3ctl.core.checkpoint import (
-        CHECKSUMS_NAME, STATE_DIR, checksums_doc, human_bytes, plan_download, stale_partials, verify_checkpoint,
+        CHECKSUMS_NAME,
+        STATE_DIR,
+        checksums_doc,
+        human_bytes,
+        plan_download,
+        stale_partials,
+        verify_checkpoint,
     )
     from dsv3ctl.errors import RuntimeFailure
     from dsv3ctl.fsutil import atomic_write_text

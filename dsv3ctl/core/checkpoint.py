@@ -22,9 +22,10 @@ import fnmatch
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from dsv3ctl.core.model import DTYPE_BYTES, DeepSeekV3Config, TensorSpec
 from dsv3ctl.errors import RuntimeFailure, SpecError

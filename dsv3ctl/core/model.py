@@ -19,11 +19,12 @@ Shapes are ``(out_features, in_features)`` as stored (PyTorch ``nn.Linear`` layo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from dsv3ctl.errors import SpecError
 
@@ -109,7 +110,7 @@ class DeepSeekV3Config:
         self.fp8: bool = (g("quantization_config") or {}).get("quant_method") == "fp8"
 
     @classmethod
-    def load(cls, path: str | Path) -> "DeepSeekV3Config":
+    def load(cls, path: str | Path) -> DeepSeekV3Config:
         p = Path(path)
         if p.is_dir():
             p = p / "config.json"
@@ -122,7 +123,7 @@ class DeepSeekV3Config:
         return cls(raw, str(p))
 
     @classmethod
-    def default(cls) -> "DeepSeekV3Config":
+    def default(cls) -> DeepSeekV3Config:
         """The real deepseek-ai/DeepSeek-V3 config.json, embedded in the package."""
         text = resources.files("dsv3ctl.data").joinpath("deepseek_v3_config.json").read_text(encoding="utf-8")
         return cls(json.loads(text), "deepseek-ai/DeepSeek-V3 config.json (embedded)")

@@ -87,7 +87,7 @@ class ServingSpec(_Strict):
     )
 
     @model_validator(mode="after")
-    def _limits(self) -> "ServingSpec":
+    def _limits(self) -> ServingSpec:
         if self.max_input_len >= self.max_seq_len:
             raise ValueError(
                 f"max_input_len={self.max_input_len} must be < max_seq_len={self.max_seq_len} "
@@ -118,7 +118,7 @@ class HardwareSpec(_Strict):
     gpu: str = Field("H100-80GB", description="GPU model, one of: " + ", ".join(GPUS))
 
     @model_validator(mode="after")
-    def _known(self) -> "HardwareSpec":
+    def _known(self) -> HardwareSpec:
         if self.gpu not in GPUS:
             near = difflib.get_close_matches(self.gpu, list(GPUS), n=1)
             alt = f"did you mean {near[0]!r}? " if near else ""

@@ -77,7 +77,7 @@ class EngineInfo:
     placeholder: bool
 
     @classmethod
-    def from_config(cls, cfg: Any, source: str = "config.json") -> "EngineInfo":
+    def from_config(cls, cfg: Any, source: str = "config.json") -> EngineInfo:
         """Raises SpecError naming the missing key when ``cfg`` is not a trtllm-build config.json."""
         if not isinstance(cfg, dict) or not {"pretrained_config", "build_config"} <= set(cfg):
             raise SpecError(f"{source}: not a trtllm-build engine config (needs version, pretrained_config, "
@@ -238,7 +238,7 @@ def _cpu_instances(cfg: Any, count: int) -> None:
     cfg.instance_group.add(count=count, kind=pb.ModelInstanceGroup.KIND_CPU)
 
 
-def engine_configs(spec: Spec, info: EngineInfo, engine_mount: str = DEFAULT_ENGINE_MOUNT) -> dict[str, "model_config_pb2.ModelConfig"]:
+def engine_configs(spec: Spec, info: EngineInfo, engine_mount: str = DEFAULT_ENGINE_MOUNT) -> dict[str, model_config_pb2.ModelConfig]:
     """The five ``ModelConfig`` messages of engine mode, by model name.
 
     ``max_batch_size`` of every model is the engine's ``build_config.max_batch_size`` (a larger value
@@ -330,7 +330,7 @@ def to_pbtxt(cfg: Any) -> str:
     return text_format.MessageToString(cfg)
 
 
-def parse_pbtxt(text: str) -> "model_config_pb2.ModelConfig":
+def parse_pbtxt(text: str) -> model_config_pb2.ModelConfig:
     """Parse config.pbtxt text into ModelConfig; raises google.protobuf.text_format.ParseError."""
     from google.protobuf import text_format
 

@@ -10,14 +10,15 @@ routed to handlers registered in :data:`MODELS` by the test.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 
 #: model name -> handler(request, decoupled) returning one response or an iterable of responses
-MODELS: dict[str, Callable[["InferenceRequest", bool], Any]] = {}
+MODELS: dict[str, Callable[[InferenceRequest, bool], Any]] = {}
 
 _NP = {"TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_UINT64": np.uint64,
        "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "TYPE_UINT8": np.uint8}
