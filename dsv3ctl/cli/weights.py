@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 group = typer.Typer(help="Download, verify and cast DeepSeek-V3 checkpoints.", no_args_is_help=True)
 
 
-def _report_human(rep_json: dict) -> object:
-    def human(con) -> None:  # type: ignore[no-untyped-def]
+def _report_human(rep_json: dict[str, Any]) -> Callable[[Console], None]:
+    def human(con: Console) -> None:
         mark = "[green]ok[/]" if rep_json["ok"] else "[red]FAIL[/]"
         con.print(f"{mark} {rep_json['path']}: {rep_json['precision']} checkpoint, {rep_json['found_tensors']:,} of "
                   f"{rep_json['expected_tensors']:,} expected tensors in {rep_json['shards']} shards, "
@@ -78,7 +82,7 @@ def cast_bf16(
     rep = verify_checkpoint(dst)
     data = {**res.to_json(), "verify": rep.to_json()}
 
-    def human(con) -> None:  # type: ignore[no-untyped-def]
+    def human(con: Console) -> None:
         con.print(f"cast {res.shards_done} shards ({res.shards_skipped} already done) on {res.device} with "
                   f"{res.workers} workers in {res.seconds:.1f}s -> {res.dst}")
         _report_human(rep.to_json())(con)
@@ -137,8 +141,8 @@ def download(
     free = shutil.disk_usage(out).free
     plan = plan_download(files, s.model.allow_patterns, s.model.ignore_patterns, out,
                          cast_planned=s.model.precision == "bf16", free_bytes=free)
-    for p in plan.unmatched_patterns:
-        sink.info(f"[yellow]warn[/] pattern {p!r} matches no file in {s.model.repo}@{sha[:12]}")
+    for pat in plan.unmatched_patterns:
+        sink.info(f"[yellow]warn[/] pattern {pat!r} matches no file in {s.model.repo}@{sha[:12]}")
     sink.info(f"{s.model.repo}@{sha[:12]}: {len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
               f"{len(plan.fetch)} to fetch ({human_bytes(plan.download_bytes)}), need {human_bytes(plan.required_bytes)}"
               f"{' incl. the BF16 cast' if plan.cast_bytes else ''}, free {human_bytes(free)}")
