@@ -6,6 +6,7 @@ tritonclient, grpc, httpx, tokenizers and matplotlib are imported inside the com
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +17,7 @@ from dsv3ctl.cli._common import OutputFormat, OutputOpt, Sink
 
 if TYPE_CHECKING:
     from dsv3ctl.adapters.triton import Endpoint
+    from dsv3ctl.core.benchmetrics import RequestRecord
     from dsv3ctl.render.clients import GenParams
 
 
@@ -396,6 +398,11 @@ def bench(
 
             prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=Console(stderr=True), transient=False)
+
+        def advancer(task_id: Any) -> Callable[[RequestRecord], None]:
+            """run_point's on_done: one step of the progress bar ``task_id`` per finished request."""
+            return lambda _r: prog.advance(task_id)
+
         async with GenClient(ep, max_streams=max(conc + [1024])) as client:
             with prog if prog is not None else nullcontext():
                 for mode, c, r in points_spec:
@@ -403,7 +410,7 @@ def bench(
                     task = prog.add_task(label, total=num_requests) if prog is not None else None
                     recs = await run_point(client, model, k, prompts, base, num_requests, concurrency=c, rate=r,
                                            seed=seed,
-                                           on_done=(lambda _r, t=task: prog.advance(t)) if prog is not None else None)
+                                           on_done=advancer(task) if prog is not None else None)
                     method = count_output_tokens(recs, tok)
                     points.append(summarize(recs, {"mode": "closed" if mode == "concurrency" else "open",
                                                    "concurrency": c, "rate_per_s": r}))
