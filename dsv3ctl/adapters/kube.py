@@ -13,10 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from dsv3ctl.core.planner import Check  # one check record for plan and preflight
 from dsv3ctl.errors import RuntimeFailure
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Event, V1ObjectMeta
 
 LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
 LWS_CRD = f"{LWS_PLURAL}.{LWS_GROUP}"
@@ -41,6 +45,26 @@ def selector(release: str) -> str:
 
 def pod_selector(release: str) -> str:
     return selector(release) + ",app.kubernetes.io/component in (leader,worker)"
+
+
+class _HasMeta(Protocol):
+    @property
+    def metadata(self) -> V1ObjectMeta | None: ...
+
+
+def _name(obj: _HasMeta) -> str:
+    """Name of an object read from the API server, which always sets metadata.name on stored objects."""
+    meta = obj.metadata
+    assert meta is not None and meta.name is not None, "API object without metadata.name"
+    return meta.name
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def _event_time(e: CoreV1Event) -> datetime:
+    """Sort key of an event: its last/event/creation time, oldest possible when it carries none."""
+    return e.last_timestamp or e.event_time or e.metadata.creation_timestamp or _EPOCH
 
 
 class Kube:
@@ -68,7 +92,9 @@ class Kube:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.get_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name)
+            # the generic custom-object API is typed ``object``; it returns the object's JSON as a dict
+            return cast("dict[str, Any]", self.custom.get_namespaced_custom_object(
+                LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -81,7 +107,7 @@ class Kube:
         """Warning events of the given pods (newest last)."""
         evs = self.core.list_namespaced_event(namespace, field_selector="type=Warning").items
         out = [{"object": e.involved_object.name, "reason": e.reason or "", "message": (e.message or "").strip()}
-               for e in sorted(evs, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+               for e in sorted(evs, key=_event_time)
                if e.involved_object and e.involved_object.name in names]
         return out
 
@@ -142,10 +168,10 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
     rdma = d["rdma"]
     fit, reasons = [], {}
     for n in kube.core.list_node().items:
-        name, labels = n.metadata.name, n.metadata.labels or {}
-        alloc = n.status.allocatable or {}
+        name, labels = _name(n), (n.metadata.labels if n.metadata else None) or {}
+        alloc = (n.status.allocatable if n.status else None) or {}
         why = []
-        if n.spec.unschedulable:
+        if n.spec and n.spec.unschedulable:
             why.append("cordoned")
         miss = [f"{k}={val}" for k, val in sel.items() if labels.get(k) != val]
         if miss:
@@ -154,7 +180,7 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
             why.append(f"nvidia.com/gpu {alloc.get('nvidia.com/gpu', 0)} < {gpus}")
         if rdma["enabled"] and _qty(alloc.get(rdma["resource"])) < int(rdma["count"]):
             why.append(f"{rdma['resource']} {alloc.get(rdma['resource'], 0)} < {rdma['count']}")
-        bad = [t for t in (n.spec.taints or []) if t.effect in ("NoSchedule", "NoExecute")
+        bad = [t for t in ((n.spec.taints if n.spec else None) or []) if t.effect in ("NoSchedule", "NoExecute")
                and not _tolerates(d["tolerations"], t)]
         if bad:
             why.append("untolerated taint " + ", ".join(f"{t.key}:{t.effect}" for t in bad))
@@ -208,7 +234,7 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
             pvc = kube.core.read_namespaced_persistent_volume_claim(st["claim_name"], namespace) if ns_exists else None
             if pvc is None:
                 raise ApiException(status=404)
-            phase = pvc.status.phase
+            phase = pvc.status.phase if pvc.status else None
             checks.append(Check("storage", True, f"PVC {st['claim_name']} exists ({phase})",
                                 "info" if phase == "Bound" else "warning"))
         except ApiException as e:
@@ -286,11 +312,14 @@ def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
 
     try:
         svc = kube.core.read_namespaced_service(f"{name}-api", namespace)
-        host = f"{svc.metadata.name}.{namespace}.svc"
-        endpoints = {"service": svc.metadata.name, "cluster_ip": svc.spec.cluster_ip,
-                     "ports": {p.name: p.port for p in svc.spec.ports},
+        svc_name, spec = _name(svc), svc.spec
+        assert spec is not None, "the API server always returns a Service's spec"
+        ports = spec.ports or []
+        host = f"{svc_name}.{namespace}.svc"
+        endpoints = {"service": svc_name, "cluster_ip": spec.cluster_ip,
+                     "ports": {p.name: p.port for p in ports},
                      "urls": {p.name: (f"{host}:{p.port}" if p.name == "grpc" else f"http://{host}:{p.port}")
-                              for p in svc.spec.ports}}
+                              for p in ports}}
     except ApiException as e:
         if e.status != 404:
             raise
@@ -363,8 +392,9 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
         # then re-read the LWS status, which has no cheap watch of its own here).
         w = watch.Watch()
         try:
-            rv = kube.core.list_namespaced_pod(namespace, label_selector=pod_selector(release),
-                                               limit=1).metadata.resource_version
+            lmeta = kube.core.list_namespaced_pod(namespace, label_selector=pod_selector(release), limit=1).metadata
+            assert lmeta is not None, "the API server always returns a list's metadata"
+            rv = lmeta.resource_version
             for _ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=pod_selector(release),
                                 resource_version=rv, timeout_seconds=2):
                 break
@@ -381,13 +411,15 @@ def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:
     c = kube.core
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service),
                      ("configmap", c.list_namespaced_config_map), ("secret", c.list_namespaced_secret)):
-        out += [f"{kind}/{o.metadata.name}" for o in fn(namespace, label_selector=sel).items]
+        out += [f"{kind}/{_name(o)}" for o in fn(namespace, label_selector=sel).items]
     apps = kube.client.AppsV1Api()
-    out += [f"statefulset/{o.metadata.name}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=sel).items]
+    out += [f"statefulset/{_name(o)}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=sel).items]
     lsel = f"leaderworkerset.sigs.k8s.io/name={fullname(release)}"
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service)):
-        out += [f"{kind}/{o.metadata.name}" for o in fn(namespace, label_selector=lsel).items]
-    out += [f"statefulset/{o.metadata.name}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=lsel).items]
-    lws = kube.custom.list_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, label_selector=sel)
+        out += [f"{kind}/{_name(o)}" for o in fn(namespace, label_selector=lsel).items]
+    out += [f"statefulset/{_name(o)}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=lsel).items]
+    # typed ``object`` by the client; the list's JSON as a dict
+    lws = cast("dict[str, Any]", kube.custom.list_namespaced_custom_object(
+        LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, label_selector=sel))
     out += [f"leaderworkerset/{o['metadata']['name']}" for o in lws.get("items", [])]
     return sorted(set(out))
