@@ -293,13 +293,13 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
     # index vs headers
     present: dict[str, TensorEntry] = {}  # the entry in the shard the index points to
     for name, shard in idx.weight_map.items():
-        h = headers.get(shard)
-        if h is None:
+        hdr = headers.get(shard)
+        if hdr is None:
             continue
-        if name not in h.tensors:
+        if name not in hdr.tensors:
             rep.index_problems.append(f"{name}: indexed in {shard} but not in its header")
         else:
-            present[name] = h.tensors[name]
+            present[name] = hdr.tensors[name]
     stray: dict[str, TensorEntry] = {}
     for shard, h in headers.items():
         for name, e in h.tensors.items():
@@ -324,9 +324,9 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
     rep.missing = [n for n in expected if n not in seen]
     rep.extra = sorted(n for n in seen if n not in expected)
     for name, spec in expected.items():
-        e = present.get(name)
-        if e is not None and (e.dtype != spec.dtype or e.shape != spec.shape):
-            rep.malformed.append(f"{name}: {e.dtype}{list(e.shape)}, expected {spec.dtype}{list(spec.shape)}")
+        entry = present.get(name)
+        if entry is not None and (entry.dtype != spec.dtype or entry.shape != spec.shape):
+            rep.malformed.append(f"{name}: {entry.dtype}{list(entry.shape)}, expected {spec.dtype}{list(spec.shape)}")
     if checksums:
         man = load_checksums(d)
         if man is None:
@@ -445,7 +445,8 @@ def plan_download(files: list[RemoteFile], allow: list[str], ignore: list[str], 
     """
     sel, unmatched = select_files(files, allow, ignore)
     d = Path(local_dir)
-    fetch, complete = [], []
+    fetch: list[RemoteFile] = []
+    complete: list[RemoteFile] = []
     for f in sel:
         lp = d / f.path
         (complete if lp.is_file() and lp.stat().st_size == f.size else fetch).append(f)
