@@ -344,6 +344,19 @@ def test_bench_dataset_without_tokenizer_counts_responses(run_cli, server, tmp_p
 
 # --- pure parts ---------------------------------------------------------------------------------------------
 
+def test_dataset_max_tokens_null_falls_back_and_bad_value_names_the_line(tmp_path):
+    from dsv3ctl.adapters.bench import dataset_prompts
+    from dsv3ctl.errors import SpecError
+
+    ds = tmp_path / "p.jsonl"
+    ds.write_text('{"text": "a", "max_tokens": null, "output_tokens": 5}\n{"text": "b", "max_tokens": null}\n'
+                  '{"text": "c", "output_tokens": "7"}\n')
+    assert [p.max_tokens for p in dataset_prompts(ds, 9)] == [5, 9, 7]
+    ds.write_text('{"text": "a"}\n{"text": "b", "max_tokens": "many"}\n')
+    with pytest.raises(SpecError, match=r"p.jsonl:2: max_tokens/output_tokens must be an integer"):
+        dataset_prompts(ds, 9)
+
+
 def test_metrics_follow_genai_perf_definitions():
     from dsv3ctl.core.benchmetrics import RequestRecord, per_request, percentile, summarize
 

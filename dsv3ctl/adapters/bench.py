@@ -85,7 +85,11 @@ def dataset_prompts(path: Path, output_tokens: int, tokenizer: Any = None,
             text = render_chat(obj["messages"], tokenizer_config)
         if not isinstance(text, str):
             raise SpecError(f"{path}:{no}: needs 'text', 'prompt', 'text_input' or 'messages'")
-        mt = int(obj.get("max_tokens", obj.get("output_tokens", output_tokens)))
+        mt_raw = next((v for v in (obj.get("max_tokens"), obj.get("output_tokens")) if v is not None), output_tokens)
+        try:
+            mt = int(mt_raw)
+        except (TypeError, ValueError):
+            raise SpecError(f"{path}:{no}: max_tokens/output_tokens must be an integer, not {mt_raw!r}") from None
         n_in = len(tokenizer.encode(text, add_special_tokens=False).ids) if tokenizer is not None else 0
         out.append(Prompt(text, n_in, mt))
     if not out:
