@@ -189,7 +189,7 @@ class GenClient:
         dec = codecs.getincrementaldecoder("utf-8")("replace")
         try:
             async for resp in call:
-                t = time.perf_counter()
+                t_resp = time.perf_counter()
                 if resp.error_message:
                     raise ServerError(resp.error_message)
                 ir = resp.infer_response
@@ -201,7 +201,7 @@ class GenClient:
                         else:
                             raw = b"".join(o.contents.bytes_contents)
                 if raw:
-                    yield Chunk(dec.decode(raw), len(raw), t)
+                    yield Chunk(dec.decode(raw), len(raw), t_resp)
                 fin = ir.parameters.get("triton_final_response")
                 if fin is not None and fin.bool_param:
                     break
