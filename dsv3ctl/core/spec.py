@@ -201,6 +201,11 @@ class SlurmSpec(_Strict):
 
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = r"^([0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?)?$"
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+def _default_access_modes() -> list[AccessMode]:
+    return ["ReadWriteMany"]
 
 
 class RdmaSpec(_Strict):
@@ -233,8 +238,8 @@ class StorageSpec(_Strict):
     claim_name: str = Field("", description="existingClaim: its name (required); newClaim: name (empty = <release>-dsv3-models)")
     size: str = Field("2Ti", pattern=_QUANTITY, description="newClaim: requested size")
     storage_class: str = Field("", description="newClaim: storageClassName (empty = cluster default)")
-    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteMany"], min_length=1, description="newClaim: access modes")
+    access_modes: list[AccessMode] = Field(
+        default_factory=_default_access_modes, min_length=1, description="newClaim: access modes")
     mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods; launch.model_dir and "
                                                                    "launch.model_repository must lie under it")
     sub_path: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (volumeMount subPath; empty = its root)")
