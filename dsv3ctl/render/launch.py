@@ -149,9 +149,9 @@ def rank_config_from_spec(spec, **overrides) -> RankConfig:  # type: ignore[no-u
                 http_port=lc.http_port, grpc_port=lc.grpc_port, metrics_port=lc.metrics_port, tp=p.tp, pp=p.pp,
                 moe_ep=p.moe_ep, max_batch_size=s.max_batch_size, max_num_tokens=s.max_num_tokens,
                 max_seq_len=s.max_seq_len, kv_cache_free_gpu_mem_fraction=s.kv_cache_free_gpu_mem_fraction)
-    deploy = getattr(spec, "deploy", None)
-    if (overrides.get("frontend") or s.frontend) == "trtllm-serve" and getattr(deploy, "openai_port", None):
-        base["http_port"] = deploy.openai_port  # the chart exposes trtllm-serve on deploy.openai_port
+    openai_port = getattr(getattr(spec, "deploy", None), "openai_port", None)
+    if (overrides.get("frontend") or s.frontend) == "trtllm-serve" and openai_port:
+        base["http_port"] = openai_port  # the chart exposes trtllm-serve on deploy.openai_port
     base.update({k: v for k, v in overrides.items() if v is not None})
     return RankConfig(**base)  # type: ignore[arg-type]
 
