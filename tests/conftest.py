@@ -3,6 +3,7 @@ exit codes and the error mapping are exactly what users get."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,12 @@ def write_spec(tmp_path):
 def testbed(request):
     """The local cluster on 127.0.0.1 (``dsv3ctl.adapters.testbed``), started once per test session.
 
-    Reuses a healthy cluster already running in the run directory (``make testbed-up``, or another
-    session); stops it at the end only if a test session started it and no other session still uses it
-    (``DSV3CTL_TESTBED_KEEP=1`` keeps it). Returns a :class:`dsv3ctl.adapters.testbed.Testbed` with
+    Tests get a cluster of their own in ``<checkout>/.run/testbed-pytest`` (``$DSV3CTL_PYTEST_TESTBED_DIR``
+    overrides), never the one ``make testbed-up`` / ``make demo`` run in ``.run/testbed``: a user's release
+    there (the demo's holds all 16 fake GPUs) must not make tests fail, and tests must not touch it.
+    Reuses a healthy cluster already running in that directory (another session); stops it at the end
+    only if a test session started it and no other session still uses it (``DSV3CTL_TESTBED_KEEP=1``
+    keeps it). Returns a :class:`dsv3ctl.adapters.testbed.Testbed` with
     ``kubeconfig``, ``bin_dir``, ``env``, ``helm``, ``helm3``, ``kubectl``, ``kubeconform``, ``lws_crd_dir``,
     ``nodes`` and ``api_client()``. On failure the component log tails are printed.
     """
@@ -67,8 +71,9 @@ def testbed(request):
     from dsv3ctl.adapters import testbed as tb
     from dsv3ctl.errors import Dsv3Error
 
+    run_dir = Path(os.environ.get("DSV3CTL_PYTEST_TESTBED_DIR") or Path(__file__).resolve().parents[1] / ".run" / "testbed-pytest")
     try:
-        handle = tb.acquire()
+        handle = tb.acquire(run_dir=run_dir)
     except Dsv3Error as e:
         pytest.fail(f"testbed did not come up: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), pytrace=False)
     failed_before = request.session.testsfailed
