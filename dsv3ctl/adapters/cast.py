@@ -170,8 +170,11 @@ def _fp8_lut() -> Any:
 
 
 class CpuDequant:
-    """numpy + ml_dtypes dequantizer: ``__call__(w_u8 [r, N], scale_rows [ceil(r/128), Nb]) -> uint16 [r, N]``
-    holding BF16 bits. ``r`` is a multiple of 128 except for a tensor's last chunk."""
+    """numpy + ml_dtypes dequantizer: ``__call__(w_u8 [r, N], scale_rows [ceil(r/128), Nb], out=None) -> uint16
+    [r, N]`` holding BF16 bits (written into ``out`` when given). ``r`` is a multiple of 128 except for a
+    tensor's last chunk."""
+
+    GROUP_ELEMS = 65536  # index scratch per np.take call (128 KiB of uint16): stays in L2 between add and take
 
     def __init__(self) -> None:
         import ml_dtypes
@@ -181,8 +184,9 @@ class CpuDequant:
         self.bf16 = ml_dtypes.bfloat16
         self.lut = _fp8_lut()
         self._colblk: dict[int, Any] = {}
+        self._idx: Any = None
 
-    def __call__(self, w: Any, s: Any) -> Any:
+    def __call__(self, w: Any, s: Any, out: Any = None) -> Any:
         np = self.np
         r, n = w.shape
         nb = ceil_div(n, BLOCK)
@@ -190,13 +194,19 @@ class CpuDequant:
         if cb is None:  # column j reads table row j // 128; nb * 256 <= 65536 for every DeepSeek-V3 shape
             dt = np.uint16 if nb * 256 <= 65536 else np.int32
             cb = self._colblk[n] = ((np.arange(n) // BLOCK) * 256).astype(dt)
-        out = np.empty((r, n), np.uint16)
-        idx = np.empty((min(r, BLOCK), n), cb.dtype)
+        if out is None:
+            out = np.empty((r, n), np.uint16)
+        g = max(1, min(BLOCK, self.GROUP_ELEMS // max(n, 1)))  # rows per take: cache-sized index scratch
+        if self._idx is None or self._idx.dtype != cb.dtype or self._idx.size < g * n:
+            self._idx = np.empty(max(g * n, self.GROUP_ELEMS), cb.dtype)
+        idx = self._idx[:g * n].reshape(g, n)
         for b, i in enumerate(range(0, r, BLOCK)):
             rows = min(BLOCK, r - i)
             table = (s[b][:, None] * self.lut[None, :]).astype(self.bf16).view(np.uint16).ravel()
-            np.add(w[i:i + rows], cb, out=idx[:rows], casting="unsafe")
-            np.take(table, idx[:rows], out=out[i:i + rows])
+            for k in range(i, i + rows, g):
+                kk = min(g, i + rows - k)
+                np.add(w[k:k + kk], cb, out=idx[:kk], casting="unsafe")
+                np.take(table, idx[:kk], out=out[k:k + kk], mode="wrap")  # indices are in range by construction
         return out
 
 
