@@ -10,6 +10,9 @@ the same run measures, each phase in a fresh child process (peak RSS = that chil
 Reports FP8-input GB/s, cast/floor throughput ratio, per-core MB/s (cpu) and peak memory.
 
 Usage: PYTHONPATH=. python benchmarks/cast.py --gb 1 --shards 4 --device cpu --workers 2 [--dir DIR]
+       [--checksums on|off] [--repeat N] [--chunk-mib M]
+cast_MBps_per_core = FP8 MB/s / os.cpu_count(); cast_MB_per_cpu_second = FP8 MB / (user + sys CPU s of the
+cast child), which also counts a worker's background writer thread.
 """
 
 from __future__ import annotations
@@ -109,11 +112,12 @@ def phase_floor(src: Path, dst: Path, workers: int) -> dict:
     return {"seconds": time.perf_counter() - t, "bytes_in": n}
 
 
-def phase_cast(src: Path, dst: Path, device: str, workers: int) -> dict:
+def phase_cast(src: Path, dst: Path, device: str, workers: int, checksums: bool, chunk_mib: float) -> dict:
     from dsv3ctl.adapters.cast import cast_checkpoint
 
+    kw = {"chunk_bytes": int(chunk_mib * 2**20)} if chunk_mib else {}
     t = time.perf_counter()
-    r = cast_checkpoint(src, dst, device=device, workers=workers, checksums=os.environ.get('BENCH_CHECKSUMS') == '1')
+    r = cast_checkpoint(src, dst, device=device, workers=workers, checksums=checksums, **kw)
     return {"seconds": time.perf_counter() - t, "device": r.device, "workers": r.workers}
 
 
@@ -153,10 +157,12 @@ def child(args: argparse.Namespace) -> None:
     if args.phase == "floor":
         out = phase_floor(src, work / "floor", args.workers)
     elif args.phase == "cast":
-        out = phase_cast(src, work / "cast", args.device, args.workers)
+        out = phase_cast(src, work / "cast", args.device, args.workers, args.checksums == "on", args.chunk_mib)
     else:
         out = phase_kernel()
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mib"] = ru.ru_maxrss / 1024
+    out["cpu_user_s"], out["cpu_sys_s"] = ru.ru_utime, ru.ru_stime
     print(json.dumps(out))
 
 
@@ -170,7 +176,13 @@ def main() -> None:
     ap.add_argument("--phase", default=None)
     ap.add_argument("--src", default=None)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--checksums", choices=["on", "off"], default=None,
+                    help="sha256 while casting (the CLI default is on); default: off unless BENCH_CHECKSUMS=1")
+    ap.add_argument("--chunk-mib", type=float, default=0, help="cast chunk_bytes in MiB (0 = the library default)")
+    ap.add_argument("--repeat", type=int, default=1, help="run floor and cast N times; report medians")
     args = ap.parse_args()
+    if args.checksums is None:
+        args.checksums = "on" if os.environ.get("BENCH_CHECKSUMS") == "1" else "off"
     if args.phase:
         return child(args)
     base = Path(args.dir or tempfile.mkdtemp(prefix="dsv3-castbench-"))
@@ -183,23 +195,37 @@ def main() -> None:
                  "shards": args.shards, "workers": args.workers, "device": args.device, "cpus": os.cpu_count()}
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     phases = ["floor", "cast"] + (["kernel"] if args.device == "cuda" else [])
-    for ph in phases:
-        shutil.rmtree(base / ph, ignore_errors=True)
-        cp = subprocess.run([sys.executable, __file__, "--phase", ph, "--src", str(src), "--work", str(base),
-                             "--device", args.device, "--workers", str(args.workers)],
-                            env=env, capture_output=True, text=True)
-        if cp.returncode:
-            print(cp.stderr[-3000:], file=sys.stderr)
-            res[ph] = {"error": cp.stderr.strip().splitlines()[-1] if cp.stderr.strip() else "failed"}
-            continue
-        res[ph] = json.loads(cp.stdout.strip().splitlines()[-1])
-        shutil.rmtree(base / ph, ignore_errors=True)
+    res["checksums"] = args.checksums
+    runs: dict[str, list] = {}
+    for _ in range(max(1, args.repeat)):
+        for ph in phases:
+            shutil.rmtree(base / ph, ignore_errors=True)
+            cp = subprocess.run([sys.executable, __file__, "--phase", ph, "--src", str(src), "--work", str(base),
+                                 "--device", args.device, "--workers", str(args.workers),
+                                 "--checksums", args.checksums, "--chunk-mib", str(args.chunk_mib)],
+                                env=env, capture_output=True, text=True)
+            if cp.returncode:
+                print(cp.stderr[-3000:], file=sys.stderr)
+                res[ph] = {"error": cp.stderr.strip().splitlines()[-1] if cp.stderr.strip() else "failed"}
+                continue
+            runs.setdefault(ph, []).append(json.loads(cp.stdout.strip().splitlines()[-1]))
+            shutil.rmtree(base / ph, ignore_errors=True)
+    for ph, rs in runs.items():
+        if "seconds" in rs[0]:
+            rs.sort(key=lambda r: r["seconds"])
+            res[ph] = dict(rs[len(rs) // 2], all_seconds=[round(r["seconds"], 3) for r in rs])
+        else:
+            res[ph] = rs[len(rs) // 2]
     if "seconds" in res.get("floor", {}) and "seconds" in res.get("cast", {}):
         res["floor_fp8_GBps"] = fp8 / res["floor"]["seconds"] / 1e9
         res["cast_fp8_GBps"] = fp8 / res["cast"]["seconds"] / 1e9
         res["cast_over_floor"] = res["cast_fp8_GBps"] / res["floor_fp8_GBps"]
         res["cast_MBps_per_worker"] = res["cast_fp8_GBps"] * 1e3 / max(1, min(args.workers, os.cpu_count() or 1))
+        res["cast_MBps_per_core"] = res["cast_fp8_GBps"] * 1e3 / (os.cpu_count() or 1)
+        cpu_s = res["cast"]["cpu_user_s"] + res["cast"]["cpu_sys_s"]
+        res["cast_MB_per_cpu_second"] = fp8 / cpu_s / 1e6
         res["peak_rss_limit_mib"] = (2 * largest + (1 << 30)) / 2**20
+    res["loadavg_after"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
