@@ -3,8 +3,8 @@
 Memory is ``memory.total`` as ``nvidia-smi`` reports it for the SXM/OAM parts (MiB), which is what
 the CUDA runtime can address, not the marketing figure (an "80 GB" H100 reports 81,559 MiB).
 Sources: NVIDIA data sheets for the SM versions (H100/H200/H20: sm_90, B200: sm_100, A100: sm_80,
-L40S: sm_89); nvidia-smi readings for memory.total (H200 confirmed on the lent H200, see
-benchmarks/RESULTS.md).
+L40S: sm_89); nvidia-smi ``memory.total`` readings as published for each part. Only the H200 row was
+read here (143,771 MiB, on the lent H200: benchmarks/RESULTS.md); the others are not measured by us.
 """
 
 from __future__ import annotations
