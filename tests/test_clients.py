@@ -104,8 +104,25 @@ def test_infer_unknown_model_and_unreachable(run_cli, server, proto):
     assert r.code == 1 and "cannot reach Triton" in r.err and "Traceback" not in r.err
 
 
+@pytest.mark.parametrize("proto", PROTOCOLS)
+def test_infer_model_not_on_server_lists_the_models_that_are(run_cli, server, proto):
+    r = run_cli("infer", "--url", url(server, proto), "--protocol", proto, "--model", "nosuch", "--prompt", "hi")
+    assert r.code == 1, r.err
+    assert "'nosuch' is not on Triton" in r.err and "ensemble" in r.err and "request format" not in r.err
+    assert r.out == "" and "Traceback" not in r.err
+    # --kind forced: the server's own text is the error; no blank stdout line
+    r = run_cli("infer", "--url", url(server, proto), "--protocol", proto, "--model", "nosuch", "--kind", "ensemble",
+                "--prompt", "hi")
+    assert r.code == 1 and "unknown model" in r.err and r.out == ""
+    # unreachable: no empty line on stdout before the error
+    r = run_cli("infer", "--url", "127.0.0.1:1", "--protocol", proto, "--prompt", "hi", "--timeout", "5")
+    assert r.code == 1 and r.out == ""
+
+
 def test_infer_bad_usage_exits_2(run_cli, server):
-    assert run_cli("infer", "--url", server.grpc_url, "--prompt", "hi", "--model", "mystery").code == 2
+    # a model name that tells no request format, and no server to ask: the usage error stands
+    r = run_cli("infer", "--url", "127.0.0.1:1", "--prompt", "hi", "--model", "mystery", "--timeout", "3")
+    assert r.code == 2 and "--kind" in r.err
     assert run_cli("infer", "--url", server.grpc_url, "--prompt", "hi", "--top-p", "1.5").code == 2
     assert run_cli("infer", "--url", "nohostport", "--prompt", "hi").code == 2
 
@@ -397,3 +414,26 @@ def test_cli_import_stays_light():
                          "installed or tried in this session; see docs/clients.md")
 def test_health_and_infer_against_kserve():  # pragma: no cover
     pass
+
+
+@pytest.mark.parametrize("opt", ["--json-out", "--csv-out", "--plot"])
+def test_bench_bad_output_path_refused_before_the_run(run_cli, server, tmp_path, opt):
+    before = server.behaviour.stats["ensemble"].success + server.behaviour.stats["ensemble"].fail
+    for bad in (tmp_path / "no" / "such" / "x.out", tmp_path):
+        r = run_cli("bench", "--url", server.grpc_url, "-n", "1", "--no-progress", opt, str(bad))
+        assert r.code == 2, r.err
+        assert opt in r.err and "Traceback" not in r.err and "TTFT" not in r.out
+    assert server.behaviour.stats["ensemble"].success + server.behaviour.stats["ensemble"].fail == before  # no run
+
+
+def test_bench_zero_concurrency_names_the_option(run_cli, server):
+    r = run_cli("bench", "--url", server.grpc_url, "--concurrency", "0", "-n", "1", "--no-progress")
+    assert r.code == 2 and "--concurrency" in r.err
+
+
+@needs_tokenizer
+def test_bench_table_not_truncated_when_piped(run_cli, server):
+    r = run_cli("bench", "--url", server.grpc_url, "--concurrency", "1", "--rate", "50", "-n", "2",
+                "--input-tokens", "8", "--output-tokens", "3", "--no-progress")
+    assert r.code == 0, r.err
+    assert "…" not in r.out and "e2e p50/p90/p99" in r.out and "rate=50/s" in r.out

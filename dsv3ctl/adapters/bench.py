@@ -139,7 +139,7 @@ async def run_point(client: Any, model: str, kind: ModelKind, prompts: list[Prom
 
     if concurrency is not None:
         if concurrency < 1:
-            raise SpecError(f"concurrency must be >= 1, got {concurrency}")
+            raise SpecError(f"--concurrency must be >= 1, got {concurrency}")
         nxt = iter(range(num_requests))
 
         async def worker() -> None:
@@ -150,7 +150,7 @@ async def run_point(client: Any, model: str, kind: ModelKind, prompts: list[Prom
     else:
         assert rate is not None
         if rate <= 0:
-            raise SpecError(f"request rate must be > 0, got {rate}")
+            raise SpecError(f"--rate must be > 0 requests/s, got {rate}")
         rng = random.Random(seed)
         t0 = time.perf_counter()
         at = 0.0

@@ -336,3 +336,58 @@ def health(ep: Endpoint, model: str | None) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - transport errors of gevent/grpc: report, don't trace
         out["error"] = f"{type(e).__name__}: {e}"
     return out
+
+
+def model_presence(ep: Endpoint, model: str) -> tuple[bool | None, list[str] | None]:
+    """(is ``model`` ready on the server, names of the models in the repository index).
+
+    Either item is None when the server could not tell (unreachable, or no repository index API): the
+    caller then falls back to its own message. Never raises for transport errors."""
+    ready: bool | None = None
+    names: list[str] | None = None
+    try:
+        if ep.protocol == "grpc":
+            import tritonclient.grpc as tg
+
+            c: Any = tg.InferenceServerClient(ep.url)
+            kw: dict[str, Any] = {"client_timeout": min(ep.timeout_s, ep.connect_timeout_s)}
+        else:
+            import tritonclient.http as th
+
+            c = th.InferenceServerClient(ep.url, connection_timeout=ep.connect_timeout_s,
+                                         network_timeout=min(ep.timeout_s, ep.connect_timeout_s))
+            kw = {}
+        try:
+            try:
+                ready = bool(c.is_model_ready(model, **kw))
+            except Exception:  # noqa: BLE001 - unknown model or transport error: "cannot tell"
+                ready = None
+            try:
+                idx = c.get_model_repository_index(**({"as_json": True, **kw} if ep.protocol == "grpc" else {}))
+                rows = idx.get("models", []) if isinstance(idx, dict) else idx
+                names = sorted({str(r.get("name")) for r in rows or [] if r.get("name")})
+            except Exception:  # noqa: BLE001 - index API not available
+                names = None
+        finally:
+            c.close()
+    except Exception:  # noqa: BLE001 - client construction failed: cannot tell
+        return None, None
+    return ready, names
+
+
+def require_model(ep: Endpoint, model: str) -> None:
+    """RuntimeFailure (exit 1) when the server says ``model`` is not there (or not ready), listing the
+    models it has when the repository index is available; returns quietly when it is ready or the server
+    cannot tell."""
+    ready, names = model_presence(ep, model)
+    if ready or (ready is None and names is None):
+        return
+    if names is not None and model in names and ready is None:
+        return
+    where = f"Triton at {ep.url} ({ep.protocol})"
+    if names is not None and model not in names:
+        have = ", ".join(names) if names else "none"
+        raise RuntimeFailure(f"model {model!r} is not on {where}; models there: {have}",
+                             hint="pass --model with one of those names")
+    raise RuntimeFailure(f"model {model!r} is not ready on {where}",
+                         hint=f"check `dsv3ctl health --url {ep.url} --protocol {ep.protocol} --model {model}`")

@@ -71,6 +71,22 @@ def _params(max_tokens: int, temperature: float | None, top_p: float | None, top
     return p
 
 
+def _kind(ep: Endpoint, model: str, kind: str | None) -> Any:
+    """The request format for ``model`` (``--kind`` overrides). When the name tells nothing, ask the server
+    first: a model that is not there is a RuntimeFailure naming the models that are (exit 1)."""
+    from dsv3ctl.errors import SpecError
+    from dsv3ctl.render.clients import kind_for
+
+    try:
+        return kind_for(model, kind)
+    except SpecError:
+        if kind is None:
+            from dsv3ctl.adapters.triton import require_model
+
+            require_model(ep, model)
+        raise
+
+
 async def _generate(ep: Endpoint, model: str, kind: Any, prompt: str, params: GenParams, stream: bool,
                     echo: bool) -> dict[str, Any]:
     """Run one request; with ``echo`` print text to stdout as it arrives. Returns the result document;
@@ -116,10 +132,8 @@ def _finish(doc: dict[str, Any], output: TextOrJson, echoed: bool) -> None:
     exc = doc.pop("_exc", None)
     if output is TextOrJson.json:
         sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    elif echoed:
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(doc["text"] + "\n")
+    elif doc["text"] or exc is None:  # no blank line when a request failed before any text
+        sys.stdout.write("\n" if echoed else doc["text"] + "\n")
     sys.stdout.flush()
     if exc is not None:
         raise exc
@@ -152,12 +166,10 @@ def infer(
     """
     import asyncio
 
-    from dsv3ctl.render.clients import kind_for
-
     if prompt == "-":
         prompt = sys.stdin.read()
     ep = _endpoint(url, protocol, timeout, connect_timeout, max_message_mb)
-    k = kind_for(model, kind)
+    k = _kind(ep, model, kind)
     params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
     echo = output is TextOrJson.text and stream
     doc = asyncio.run(_generate(ep, model, k, prompt, params, stream, echo))
@@ -197,11 +209,11 @@ def chat(
 
     from dsv3ctl.adapters.tokenizer_files import load_tokenizer_config, resolve_tokenizer_dir
     from dsv3ctl.errors import SpecError
-    from dsv3ctl.render.clients import kind_for, render_chat
+    from dsv3ctl.render.clients import render_chat
 
     cfg = load_tokenizer_config(resolve_tokenizer_dir(tokenizer_dir))
     ep = _endpoint(url, protocol, timeout, connect_timeout, max_message_mb)
-    k = kind_for(model, kind)
+    k = _kind(ep, model, kind)
     params = _params(max_tokens, temperature, top_p, top_k, seed, stop)
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     sink = Sink(OutputFormat.json if output is TextOrJson.json else OutputFormat.table)
@@ -359,17 +371,34 @@ def bench(
     from dsv3ctl.adapters.triton import GenClient
     from dsv3ctl.core.benchmetrics import CSV_COLUMNS, csv_rows, summarize
     from dsv3ctl.errors import SpecError
-    from dsv3ctl.render.clients import GenParams, kind_for
+    from dsv3ctl.fsutil import atomic_write_text
+    from dsv3ctl.render.clients import GenParams
 
     sink = Sink(output)
     ep = _endpoint(url, protocol, timeout, connect_timeout, max_message_mb)
-    k = kind_for(model, kind)
-    conc = [int(c) for c in _floats(concurrency, "--concurrency")]
+    conc_f = _floats(concurrency, "--concurrency")
+    if any(c < 1 or c != int(c) for c in conc_f):
+        bad = next(c for c in conc_f if c < 1 or c != int(c))
+        raise SpecError(f"--concurrency {concurrency}: every concurrency must be a whole number >= 1, got {bad:g}",
+                        hint="e.g. --concurrency 1,8,32")
+    conc = [int(c) for c in conc_f]
     rates = _floats(rate, "--rate")
+    if any(r <= 0 for r in rates):
+        raise SpecError(f"--rate {rate}: every request rate must be > 0 requests/s", hint="e.g. --rate 2,4")
     if not conc and not rates:
         conc = [1]
     if num_requests < 1:
         raise SpecError("--num-requests must be >= 1")
+    # Output paths are checked before the run, so a typo does not throw the measurements away afterwards.
+    for opt, path in (("--json-out", json_out), ("--csv-out", csv_out), ("--plot", plot)):
+        if path is not None:
+            _check_out_path(opt, path)
+    if plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise SpecError("--plot needs matplotlib", hint="pip install 'dsv3ctl[plot]'")
+    k = _kind(ep, model, kind)
     tok = cfg = None
     try:
         d = resolve_tokenizer_dir(tokenizer_dir)
@@ -425,18 +454,22 @@ def bench(
                              "throughputs over (last response - first start)",
               "points": points}
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     if csv_out:
         import csv
+        import io
 
-        with csv_out.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
-            w.writerows(csv_rows(points))
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(CSV_COLUMNS)
+        w.writerows(csv_rows(points))
+        atomic_write_text(csv_out, buf.getvalue())
     if plot:
         _plot(points, plot, f"{model} over {ep.protocol}")
 
     def human(con: Any) -> None:
+        from rich.console import Console
+        from rich.measure import Measurement
         from rich.table import Table
 
         def f(v: Any, fmt: str = "{:.1f}") -> str:
@@ -444,7 +477,7 @@ def bench(
 
         t = Table(title=f"{model} ({k.value}) over {ep.protocol} at {ep.url}; times in ms", show_edge=False)
         for c in ("point", "ok/fail", "TTFT p50/p99", "ITL p50/p99", "TPOT p50", "e2e p50/p90/p99", "out tok/s", "req/s"):
-            t.add_column(c, justify="right")
+            t.add_column(c, justify="right", overflow="fold")
         for p in points:
             name = f"c={p['concurrency']}" if p["mode"] == "closed" else f"rate={p['rate_per_s']:g}/s"
             t.add_row(name, f"{p['completed']}/{p['failed']}",
@@ -452,7 +485,11 @@ def bench(
                       f"{f(p['itl_ms']['p99'], '{:.2f}')}", f(p["tpot_ms"]["p50"], "{:.2f}"),
                       f"{f(p['e2e_ms']['p50'])}/{f(p['e2e_ms']['p90'])}/{f(p['e2e_ms']['p99'])}",
                       f(p["output_token_throughput_per_s"]), f(p["request_throughput_per_s"], "{:.2f}"))
-        con.print(t)
+        if not con.is_terminal:  # logs and pipes: as wide as the table needs, never ellipsised
+            need = Measurement.get(con, con.options.update(width=10_000), t).maximum
+            Console(highlight=False, width=max(con.width, need)).print(t)
+        else:
+            con.print(t)
         for p in points:
             for e in p["errors"]:
                 con.print(f"[red]server error:[/] {e}")
@@ -460,6 +497,23 @@ def bench(
     sink.emit(result, human)
     if any(p["failed"] for p in points):
         raise typer.Exit(1)
+
+
+def _check_out_path(option: str, path: Path) -> None:
+    """SpecError (exit 2) naming ``option`` unless ``path`` can be written: not a directory, its parent
+    directory exists and is writable."""
+    import os
+
+    from dsv3ctl.errors import SpecError
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise SpecError(f"{option} {path}: is a directory; give a file path, e.g. {path / 'bench.out'}")
+    if not parent.is_dir():
+        raise SpecError(f"{option} {path}: directory {parent} does not exist",
+                        hint=f"create it (mkdir -p {parent}) or choose another {option} path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SpecError(f"{option} {path}: not writable", hint=f"choose another {option} path")
 
 
 def _plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -489,8 +543,14 @@ def _plot(points: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    import io
+
+    from dsv3ctl.fsutil import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def register(app: typer.Typer) -> None:

@@ -219,6 +219,12 @@ def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
                     getattr(r, k).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
             return r
 
+        async def RepositoryIndex(self, request, context):  # noqa: N802
+            r = pb.RepositoryIndexResponse()
+            for name in MODELS:
+                r.models.add(name=name, version="1", state="READY" if b.ready else "UNAVAILABLE")
+            return r
+
         async def ModelStatistics(self, request, context):  # noqa: N802
             from google.protobuf import json_format
 
@@ -377,6 +383,9 @@ def _handler(b: Behaviour):  # type: ignore[no-untyped-def]
             m = re.fullmatch(r"/v2/models/([^/]+)(?:/versions/\d+)?/(generate|generate_stream)", self.path)
             n = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(n)
+            if self.path.rstrip("/") == "/v2/repository/index":
+                return self._json(200, [{"name": name, "version": "1", "state": "READY" if b.ready else "UNAVAILABLE"}
+                                        for name in MODELS])
             if not m:
                 return self._json(404, {"error": "Not Found"})
             model, streaming = m.group(1), m.group(2) == "generate_stream"
