@@ -83,3 +83,22 @@ def test_help_lists_registered_commands():
     out = subprocess.run([sys.executable, "-m", "dsv3ctl", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("plan", "init", "spec"):
         assert cmd in out
+
+
+def test_errors_are_json_in_json_mode(run_cli, write_spec):
+    p = write_spec({"serving": {"max_batch": 3}})
+    r = run_cli("plan", "--spec", p, "--output", "json")
+    assert r.code == 2
+    doc = json.loads(r.out)
+    assert doc["exit_code"] == 2 and "serving.max_batch: unknown key" in doc["error"]
+
+
+def test_init_refuses_a_directory(run_cli, tmp_path):
+    r = run_cli("init", tmp_path, "--force")
+    assert r.code == 2 and "is a directory" in r.err and "Traceback" not in r.err
+
+
+def test_partial_spec_renders_plain_mode_in_plan(run_cli, write_spec):
+    r = run_cli("plan", "--spec", write_spec({"deploy": {"replicas": 1}}), "-o", "json")
+    data = json.loads(r.out)
+    assert data["mode"] == "engine" and data["precision"] == "fp8"

@@ -11,7 +11,7 @@ from dsv3ctl.core.spec import parse_spec
 from dsv3ctl.errors import SpecError
 
 RULES = {"world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp",
-         "engine_hopper", "fp8_sm", "max_num_tokens", "memory_weights", "memory_kv_cache"}
+         "engine_hopper", "fp8_sm", "max_num_tokens", "memory_weights", "memory_kv_cache", "max_seq_len"}
 
 
 def spec(**sections):
@@ -118,3 +118,30 @@ def test_every_accepted_layout_satisfies_the_rules(layout, mode, gpu, precision)
         for c in p.errors:
             assert c.name in RULES
             assert "=" in c.message and ("use" in c.message), c.message
+
+
+def test_world_size_fix_is_always_concrete():
+    p = make_plan(spec(parallelism={"tp": 12}))
+    (err,) = [c for c in p.errors if c.name == "world_size"]
+    assert "?" not in err.message
+    assert "use tp=16 or nodes=2 with gpus_per_node=6" in err.message
+
+
+def test_max_seq_len_beyond_the_model_context():
+    p = make_plan(spec(serving={"max_seq_len": 1_000_000}))
+    (err,) = [c for c in p.errors if c.name == "max_seq_len"]
+    assert "163840" in err.message and "use max_seq_len=163840" in err.message
+
+
+def test_failed_layout_reports_unknown_memory_not_free():
+    j = make_plan(spec(parallelism={"nodes": 3, "gpus_per_node": 4, "tp": 12})).to_json()
+    assert j["memory"]["per_gpu_gib"]["free"] is None and j["memory"]["per_gpu_gib"]["weights"] is None
+    passing = make_plan(spec()).to_json()
+    assert {c["severity"] for c in passing["checks"]} <= {"info", "warning"}
+
+
+def test_partial_spec_keeps_plain_enum_values():
+    """Defaults of a partial spec are plain strings ('engine'), never enum reprs ('Mode.engine')."""
+    s = spec(deploy={"replicas": 1})
+    assert type(s.serving.mode) is str and s.serving.mode == "engine"
+    assert type(s.model.precision) is str and s.model.precision == "fp8"

@@ -70,3 +70,27 @@ def test_not_yaml(tmp_path):
 def test_top_level_must_be_mapping():
     with pytest.raises(SpecError, match="mapping"):
         parse_spec([1, 2])
+
+
+def test_range_errors_name_rule_and_alternative():
+    with pytest.raises(SpecError) as e:
+        parse_spec({"serving": {"max_batch_size": 0}})
+    assert "serving.max_batch_size=0: must be >= 1; use 1 or more" in e.value.message
+    with pytest.raises(SpecError, match="parallelism.nodes='two': must be a whole number"):
+        parse_spec({"parallelism": {"nodes": "two"}})
+
+
+def test_gpu_error_names_the_field_and_matches_case():
+    with pytest.raises(SpecError) as e:
+        parse_spec({"hardware": {"gpu": "h100"}})
+    assert "hardware.gpu='h100'" in e.value.message and "did you mean 'H100-80GB'" in e.value.message
+
+
+def test_yaml_error_names_the_file_and_directory_is_refused(tmp_path):
+    p = tmp_path / "syn.yaml"
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    assert "syn.yaml" in e.value.message.split(":", 1)[1]
+    with pytest.raises(SpecError, match="is a directory"):
+        load_spec(tmp_path)

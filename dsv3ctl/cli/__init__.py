@@ -64,8 +64,35 @@ _weights.register(app)
 _convert.register(app)
 
 
+def _json_mode(argv: list[str]) -> bool:
+    """Whether the command line asked for ``--output json`` (errors then go out as a JSON document too)."""
+    for i, a in enumerate(argv):
+        if a in ("-o", "--output") and i + 1 < len(argv) and argv[i + 1] == "json":
+            return True
+        if a in ("--output=json", "-ojson"):
+            return True
+    return False
+
+
+def _report(message: str, hint: str | None, code: int) -> None:
+    """One clean error: a JSON document on stdout with ``--output json``, else ``error:``/``fix:`` on stderr."""
+    if _json_mode(sys.argv[1:]):
+        import json
+
+        sys.stdout.write(json.dumps({"error": message, "hint": hint, "exit_code": code}, indent=2) + "\n")
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+
+        con = Console(stderr=True, highlight=False, soft_wrap=True)
+        con.print(f"[bold red]error:[/] {escape(message)}")
+        if hint:
+            con.print(f"[bold]fix:[/] {escape(hint)}")
+    sys.exit(code)
+
+
 def main() -> None:
-    """Console-script entry point: run the app and map dsv3ctl errors to exit codes."""
+    """Console-script entry point: run the app and map errors to exit codes (2 spec/usage, 1 runtime)."""
     from dsv3ctl.errors import Dsv3Error
 
     try:
@@ -73,13 +100,12 @@ def main() -> None:
     except Dsv3Error as err:
         if STATE.debug:
             raise
-        from rich.console import Console
-        from rich.markup import escape
-
-        con = Console(stderr=True, highlight=False, soft_wrap=True)
-        con.print(f"[bold red]error:[/] {escape(err.message)}")
-        if err.hint:
-            con.print(f"[bold]fix:[/] {escape(err.hint)}")
-        sys.exit(err.exit_code)
+        _report(err.message, err.hint, err.exit_code)
+    except OSError as err:
+        # A file-system or network error no adapter mapped: still one line, never a traceback.
+        if STATE.debug:
+            raise
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        _report(f"{err.strerror or err}{where}", "rerun with --debug for the traceback", 1)
     except KeyboardInterrupt:
         sys.exit(130)

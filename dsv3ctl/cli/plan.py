@@ -47,7 +47,7 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
             t = Table(title="memory per GPU (GiB)", show_edge=False)
             for k in ("total", "weights", "activations", "kv_cache", "kv_pool", "free"):
                 t.add_column(k, justify="right")
-            t.add_row(*(f"{mem[k]:.1f}" for k in ("total", "weights", "activations", "kv_cache", "kv_pool", "free")))
+            t.add_row(*(f"{mem[k]:.2f}" for k in ("total", "weights", "activations", "kv_cache", "kv_pool", "free")))
             con.print(t)
             kv = data["kv_cache"]
             con.print(f"KV cache: {kv['bytes_per_token']:,} B/token (MLA latent, all layers), "

@@ -21,6 +21,8 @@ def init(
     from dsv3ctl.errors import SpecError
     from dsv3ctl.fsutil import atomic_write_text
 
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory; pass a file path, e.g. `dsv3ctl init {path / 'dsv3.yaml'}`")
     if path.exists() and not force:
         raise SpecError(f"{path} already exists; pass --force to overwrite it or choose another PATH")
     atomic_write_text(path, default_spec_text())

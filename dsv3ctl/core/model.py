@@ -105,6 +105,7 @@ class DeepSeekV3Config:
         self.v_head: int = raw["v_head_dim"]
         self.vocab: int = raw["vocab_size"]
         self.mtp_layers: int = g("num_nextn_predict_layers", 0)
+        self.max_position_embeddings: int = g("max_position_embeddings", 163840)
         self.eos_token_id: int = g("eos_token_id", 1)
         self.bos_token_id: int = g("bos_token_id", 0)
         self.fp8: bool = (g("quantization_config") or {}).get("quant_method") == "fp8"

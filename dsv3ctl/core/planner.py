@@ -112,10 +112,13 @@ class Plan:
                 "checkpoint_bytes": m.checkpoint_bytes("fp8" if s.model.precision == "fp8" else "bf16"),
             },
             "memory": {
+                # null when the layout failed before memory could be sized (not "fits with everything free")
                 "per_gpu_gib": {
-                    "total": g(self.gpu_bytes), "weights": g(self.weights_bytes),
-                    "activations": g(self.activation_bytes), "kv_cache": g(self.kv_required_bytes),
-                    "kv_pool": g(self.kv_pool_bytes), "free": g(self.free_bytes),
+                    "total": g(self.gpu_bytes),
+                    **{k: (g(v) if self.weights_bytes else None) for k, v in (
+                        ("weights", self.weights_bytes), ("activations", self.activation_bytes),
+                        ("kv_cache", self.kv_required_bytes), ("kv_pool", self.kv_pool_bytes),
+                        ("free", self.free_bytes))},
                 },
                 "layers_per_gpu": self.layers_per_gpu,
             },
@@ -126,7 +129,8 @@ class Plan:
                 "capacity_tokens": self.kv_capacity_tokens,
             },
             "suggestion": self.suggestion,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [{**asdict(c), "severity": c.severity if not c.ok or c.severity == "warning" else "info"}
+                       for c in self.checks],
             "assumptions": ASSUMPTIONS,
         }
 
@@ -143,6 +147,21 @@ def _nearest(value: int, allowed: list[int]) -> str:
     return " or ".join(opts)
 
 
+def _world_size_fixes(tp: int, pp: int, nodes: int, gpus_per_node: int, heads: int) -> list[str]:
+    """Valid ways to make nodes x gpus_per_node = tp x pp: change tp (to a divisor of the heads), or the
+    node count / GPUs per node (at most 8 per node)."""
+    ws, tpp = nodes * gpus_per_node, tp * pp
+    fixes = []
+    if ws % pp == 0 and heads % (ws // pp) == 0:
+        fixes.append(f"tp={ws // pp}" + (f" with pp={pp}" if pp > 1 else ""))
+    if tpp % gpus_per_node == 0:
+        fixes.append(f"nodes={tpp // gpus_per_node}")
+    else:
+        g = next((g for g in range(min(8, tpp), 0, -1) if tpp % g == 0), 1)
+        fixes.append(f"nodes={tpp // g} with gpus_per_node={g}")
+    return fixes
+
+
 def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
     p, mode = spec.parallelism, spec.serving.mode
     gpu = GPUS[spec.hardware.gpu]
@@ -152,8 +171,7 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         "world_size", ws == tpp,
         f"world size nodes x gpus_per_node = {p.nodes} x {p.gpus_per_node} = {ws} equals tp x pp = {tpp}" if ws == tpp
         else f"parallelism.tp={p.tp}, pp={p.pp}: tp x pp = {tpp} must equal nodes x gpus_per_node = {ws}; "
-             f"use tp={ws // p.pp if ws % p.pp == 0 else ws} with pp={p.pp if ws % p.pp == 0 else 1}, "
-             f"or nodes={tpp // p.gpus_per_node if tpp % p.gpus_per_node == 0 else '?'}",
+             f"use {' or '.join(_world_size_fixes(p.tp, p.pp, p.nodes, p.gpus_per_node, m.heads))}",
     ))
     heads_ok = m.heads % p.tp == 0
     out.append(Check(
@@ -207,6 +225,13 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         out.append(Check("fp16", True, "model.precision=fp16: the seed prefers bf16 (DeepSeek-V3 activations can "
                                        "overflow FP16); use bf16 unless you have measured fp16", "warning"))
     s = spec.serving
+    if s.max_seq_len > m.max_position_embeddings:
+        out.append(Check(
+            "max_seq_len", False,
+            f"serving.max_seq_len={s.max_seq_len} exceeds the model's context of {m.max_position_embeddings} tokens "
+            f"(max_position_embeddings in config.json, YaRN-extended); use max_seq_len={m.max_position_embeddings} "
+            "or less",
+        ))
     if not s.enable_chunked_context and s.max_num_tokens < s.max_input_len:
         out.append(Check(
             "max_num_tokens", False,
@@ -290,7 +315,7 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     left = plan.gpu_bytes - plan.weights_bytes - plan.activation_bytes
     plan.kv_pool_bytes = max(0, int(left * s.kv_cache_free_gpu_mem_fraction))
 
-    g = lambda b: f"{b / GIB:.1f} GiB"  # noqa: E731
+    g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
     if left <= 0:
         need = -(-(plan.weights_bytes + plan.activation_bytes) // gpu.memory_bytes)
         plan.checks.append(Check(

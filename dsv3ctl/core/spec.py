@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsv3ctl.core.hardware import GPUS
 from dsv3ctl.errors import SpecError
@@ -27,7 +27,7 @@ DEFAULT_SPEC_RESOURCE = "dsv3.yaml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, use_enum_values=True)
 
 
 class Precision(str, Enum):
@@ -60,7 +60,8 @@ class ServingSpec(_Strict):
     mode: Mode = Field(Mode.engine, description="engine: TensorRT engines (deepseek preview branch); llmapi: PyTorch backend")
     max_batch_size: int = Field(4, ge=1, le=4096, description="Requests in flight per instance")
     max_input_len: int = Field(2048, ge=1, description="Prompt tokens per request")
-    max_seq_len: int = Field(4096, ge=2, le=163840, description="Prompt + generated tokens per request")
+    max_seq_len: int = Field(4096, ge=2, description="Prompt + generated tokens per request (at most 163840, "
+                                                     "DeepSeek-V3's max_position_embeddings)")
     max_num_tokens: int = Field(8192, ge=1, description="Tokens per engine step (batch of context + generation)")
     max_beam_width: int = Field(1, ge=1, le=8, description="Beam width (1 = sampling/greedy)")
     kv_cache_free_gpu_mem_fraction: float = Field(
@@ -117,13 +118,17 @@ class ParallelismSpec(_Strict):
 class HardwareSpec(_Strict):
     gpu: str = Field("H100-80GB", description="GPU model, one of: " + ", ".join(GPUS))
 
-    @model_validator(mode="after")
-    def _known(self) -> HardwareSpec:
-        if self.gpu not in GPUS:
-            near = difflib.get_close_matches(self.gpu, list(GPUS), n=1)
-            alt = f"did you mean {near[0]!r}? " if near else ""
-            raise ValueError(f"unknown GPU {self.gpu!r}; {alt}known: {', '.join(GPUS)}")
-        return self
+    @field_validator("gpu")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in GPUS:
+            return v
+        lower = {g.lower(): g for g in GPUS}
+        near = [lower[v.lower()]] if v.lower() in lower else (
+            [g for g in GPUS if g.lower().startswith(v.lower())][:1]
+            or [lower[m] for m in difflib.get_close_matches(v.lower(), list(lower), n=1)])
+        alt = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(f"unknown GPU; {alt}known: {', '.join(GPUS)}")
 
 
 class ImageSpec(_Strict):
@@ -313,6 +318,37 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}) or [])
 
 
+def _rephrase(e: Any) -> str:
+    """pydantic's message as rule + valid alternative (pydantic error types: docs.pydantic.dev/errors)."""
+    t, ctx = e["type"], e.get("ctx") or {}
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    if t == "greater_than_equal":
+        return f"must be >= {ctx['ge']}; use {ctx['ge']} or more"
+    if t == "greater_than":
+        return f"must be > {ctx['gt']}; use a larger value"
+    if t == "less_than_equal":
+        return f"must be <= {ctx['le']}; use {ctx['le']} or less"
+    if t == "less_than":
+        return f"must be < {ctx['lt']}; use a smaller value"
+    if t in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number, e.g. 8 (not a word or a fraction)"
+    if t in ("float_parsing", "float_type"):
+        return "must be a number, e.g. 0.9"
+    if t in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    if t in ("string_type",):
+        return "must be a string"
+    if t in ("enum", "literal_error"):
+        return f"must be one of {ctx.get('expected', '')}".rstrip()
+    if t == "string_pattern_mismatch":
+        return f"does not match the pattern {ctx.get('pattern')}; e.g. a lowercase DNS name (dsv3) or a quantity (64Gi)"
+    if t in ("dict_type", "model_type", "model_attributes_type"):
+        return "must be a mapping of keys to values"
+    if t == "list_type":
+        return "must be a list"
+    return msg
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: ``<source>: <dotted.field>=<input>: <rule>[; did you mean ...]``."""
     lines = []
@@ -325,9 +361,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             hint = f"did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?" if near else ""
             lines.append(f"{source}: {dotted}: unknown key; {hint} valid keys here: {', '.join(valid)}".replace("; ", "; ", 1))
             continue
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        msg = _rephrase(e)
         inp = e.get("input")
         shown = "" if isinstance(inp, dict) else f"={inp!r}"
         lines.append(f"{source}: {dotted}{shown}: {msg}")
@@ -359,10 +393,13 @@ def load_spec(path: str | Path | None = None) -> Spec:
     if path is None:
         return parse_spec(yaml.safe_load(default_spec_text()), "default spec")
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"spec file {str(p)!r} is a directory; pass a YAML file, e.g. `dsv3ctl init {p / 'dsv3.yaml'}`")
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist; create one with `dsv3ctl init {p}`")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        with p.open(encoding="utf-8") as f:  # a stream, so YAML errors name the file
+            data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
     return parse_spec(data, str(p))
