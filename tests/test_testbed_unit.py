@@ -124,3 +124,16 @@ def test_release_stops_only_a_pytest_cluster_that_no_other_session_uses(tmp_path
         other.kill()
         other.wait()
     assert tb.release(handle) is True and stopped == [tmp_path]  # the last user stops it
+
+
+def test_status_line_says_not_running_instead_of_none(tmp_path, capsys):
+    assert tb.main(["--run-dir", str(tmp_path), "status"]) == 1
+    out = capsys.readouterr().out
+    assert "None" not in out
+    assert out.strip().splitlines()[-1].startswith("testbed not running") and "make testbed-up" in out
+    comps = {c: {"ok": c != "kube-apiserver", "detail": ""} for c in tb.COMPONENTS}
+    line = tb.status_line({"components": comps, "nodes_ready": None, "run_dir": str(tmp_path)})
+    assert line.startswith("nodes: unknown (kube-apiserver is down)")
+    comps = {c: {"ok": True, "detail": ""} for c in tb.COMPONENTS}
+    assert tb.status_line({"components": comps, "nodes_ready": 2, "nodes": 2, "run_dir": "", "kubeconfig": "k"}) == \
+        "nodes Ready: 2 of 2  kubeconfig: k"

@@ -788,6 +788,17 @@ def status(run_dir: Path | None = None) -> dict[str, Any]:
     return result
 
 
+def status_line(s: dict[str, Any]) -> str:
+    """The last line of ``status``: nodes Ready, or why they are unknown (never "None")."""
+    comps = s["components"]
+    if not any(v["ok"] for v in comps.values()):
+        return f"testbed not running (run dir {s['run_dir']}); start it with `make testbed-up`"
+    if s.get("nodes_ready") is None:
+        why = s.get("nodes_error") or "kube-apiserver is down"
+        return f"nodes: unknown ({why}); restart with `make testbed-down testbed-up`"
+    return f"nodes Ready: {s['nodes_ready']} of {s.get('nodes', s['nodes_ready'])}  kubeconfig: {s['kubeconfig']}"
+
+
 # --------------------------------------------------------------------------------------------- pytest use
 
 
@@ -861,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for c, v in s["components"].items():
                     print(f"{'ok ' if v['ok'] else 'DOWN'} {c:24} {v['detail']}")
-                print(f"nodes Ready: {s['nodes_ready']}  kubeconfig: {s['kubeconfig']}")
+                print(status_line(s))
             return 0 if s["healthy"] else 1
         elif a.cmd == "env":
             sys.stdout.write(env_exports(a.run_dir))
