@@ -35,3 +35,16 @@ def test_slurm_shellcheck(run_cli, tmp_path):
     assert run_cli("slurm", "render", "--out", out).code == 0
     r = subprocess.run(["shellcheck", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_slurm_render_refuses_an_invalid_layout(run_cli, write_spec, tmp_path):
+    spec = write_spec({"parallelism": {"nodes": 3, "gpus_per_node": 4, "tp": 12}})
+    out = tmp_path / "bad.sbatch"
+    r = run_cli("slurm", "render", "--spec", spec, "--out", out)
+    assert r.code == 2 and "tp=12" in r.err and f"dsv3ctl plan --spec {spec}" in r.err
+    assert not out.exists() and "Traceback" not in r.err
+
+
+def test_slurm_render_out_directory_is_a_clean_error(run_cli, tmp_path):
+    r = run_cli("slurm", "render", "--out", tmp_path)
+    assert r.code == 2 and "--out" in r.err and "is a directory" in r.err and "Traceback" not in r.err

@@ -308,3 +308,48 @@ def test_download_plan_resume_patterns_and_disk(tmp_path):
     assert p.download_bytes == 8_700 and p.fits
     cast = plan_download(files, ["*.safetensors", "*.json"], [], tmp_path, cast_planned=True, free_bytes=10**12)
     assert cast.cast_bytes > 1.3e12 and not cast.fits  # the BF16 cast of the full model is ~1.37 TB
+
+
+def test_synth_onto_an_existing_file_is_a_clean_error(run_cli, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run_cli("weights", "synth", str(f))
+    assert r.code == 2 and "not a directory" in r.err and "Traceback" not in r.err
+    assert f.read_text() == "x"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_download_without_network_names_endpoint_and_fix(run_cli, tmp_path, monkeypatch, dry_run):
+    """Connection errors of the hub's HTTP library (httpx2/httpx/requests) become RuntimeFailure at the adapter."""
+    import huggingface_hub
+
+    from dsv3ctl.adapters import hub
+
+    exc = next(c for c in hub._transport_errors() if c is not OSError)
+
+    def boom(*a, **k):
+        raise exc("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid")
+    monkeypatch.setattr(hub, "endpoint", lambda: "https://hub.example.invalid")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", boom)
+    args = ["weights", "download", "--out", str(tmp_path / "dl")] + (["--dry-run"] if dry_run else [])
+    r = run_cli(*args)
+    assert r.code == 1, r.err
+    assert "https://hub.example.invalid" in r.err and "HF_ENDPOINT" in r.err and "Traceback" not in r.err
+
+
+def test_snapshot_connection_error_is_a_runtime_failure(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dsv3ctl.adapters import hub
+    from dsv3ctl.errors import RuntimeFailure
+
+    exc = next(c for c in hub._transport_errors() if c is not OSError)
+
+    def boom(*a, **k):
+        raise exc("connection reset")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+    with pytest.raises(RuntimeFailure, match="rerun the same command to resume"):
+        hub.snapshot("deepseek-ai/DeepSeek-V3", "main", tmp_path, [], [], None)

@@ -69,7 +69,15 @@ def write_synthetic(out: str | Path, shards: int = 4, seed: int = 0, overrides: 
     """
     import numpy as np
 
+    from dsv3ctl.errors import SpecError
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"{out}: exists and is not a directory; `weights synth` writes a checkpoint directory",
+                        hint="choose another path (a new or existing directory)")
+    bad = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if bad is not None:
+        raise SpecError(f"{out}: {bad} is a file, not a directory", hint="choose another path")
     out.mkdir(parents=True, exist_ok=True)
     raw = synth_config(overrides)
     cfg = DeepSeekV3Config(raw, "synthetic config.json")
