@@ -117,9 +117,10 @@ def test_deploy_lifecycle(kenv, run_cli, write_spec, tmp_path):
     assert hash_after and hash_after != hash_before
     assert secret() == key_before
 
-    r = run_cli("logs", "leader", "-n", NS, "--release", rel)
-    # kwok runs no containers, so the kubelet-less API cannot serve a log: a clean error, not a traceback
-    assert r.code in (0, 1) and "Traceback" not in r.err
+    r = run_cli("logs", "leader", "-n", NS, "--release", rel, "-f")
+    # kwok runs no containers, so the kubelet-less API cannot serve a log: one sentence, no traceback, no JSON
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    assert "kwok fake node" in r.err and '"kind"' not in r.err and "{" not in r.err, r.err
 
     r = run_cli("undeploy", "-n", NS, "--release", rel, "--timeout", "120", "--output", "json")
     assert r.code == 0, r.err
@@ -144,3 +145,23 @@ def test_three_nodes_fail_fast(kenv, run_cli, write_spec):
         assert "nvidia.com/gpu" in r.err or "anti-affinity" in r.err, r.err
     finally:
         run_cli("undeploy", "-n", NS, "--release", "three", "--timeout", "120")
+
+
+def test_preflight_refuses_when_the_gpus_are_held(kenv, run_cli):
+    """The default release takes both 8-GPU nodes; a second release is refused by preflight (exit 2, nothing
+    installed), naming the pods that hold the GPUs, instead of failing on FailedScheduling later."""
+    r = run_cli("deploy", "-n", NS, "--release", "hold", "--create-namespace", "--timeout", "240")
+    try:
+        assert r.code == 0, r.out + r.err
+        assert "preflight   ok gpu_nodes: 2 node(s) with >= 8 free nvidia.com/gpu (of 2 with" in r.out, r.out
+        r = run_cli("deploy", "-n", NS, "--release", "other", "--timeout", "60", "--grace", "5")
+        assert r.code == 2, r.out + r.err
+        assert "gpu_nodes: 0 node(s) with >= 8 free nvidia.com/gpu (of 2 with 8 allocatable" in r.err, r.err
+        assert f"{NS}/hold-dsv3-0 (8, release hold)" in r.err and f"{NS}/hold-dsv3-0-1 (8, release hold)" in r.err
+        assert "--skip-preflight" in r.err and "Traceback" not in r.err
+        assert "other" not in _kubectl(kenv, "-n", NS, "get", "leaderworkerset", "-o", "name")
+        # the holder itself may still upgrade: its own pods do not count against it
+        r = run_cli("deploy", "-n", NS, "--release", "hold", "--dry-run")
+        assert r.code == 0, r.out + r.err
+    finally:
+        run_cli("undeploy", "-n", NS, "--release", "hold", "--timeout", "120")

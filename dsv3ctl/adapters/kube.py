@@ -10,6 +10,7 @@ Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -68,24 +69,69 @@ def _event_time(e: CoreV1Event) -> datetime:
 
 
 class Kube:
-    """Thin wrapper holding the API clients for one kubeconfig context."""
+    """Thin wrapper holding the API clients for one kubeconfig context.
+
+    Every request goes through one ``ApiClient`` whose ``call_api`` maps a connection failure (urllib3's
+    ``MaxRetryError``/``NewConnectionError``/timeouts, TLS errors) to one :class:`RuntimeFailure` naming the
+    server URL from the kubeconfig and the fix, so no command prints a urllib3 traceback.
+    """
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+        import os
+
         from kubernetes import client, config
 
+        self.kubeconfig = kubeconfig or os.environ.get("KUBECONFIG", "").split(":")[0] or "~/.kube/config"
         try:
             config.load_kube_config(config_file=kubeconfig, context=context)
         except Exception as e:  # noqa: BLE001 - config errors come in many types
             try:
                 config.load_incluster_config()
+                self.kubeconfig = "in-cluster service account"
             except Exception:  # noqa: BLE001
                 raise RuntimeFailure(f"no usable kubeconfig: {e}",
                                      hint="set KUBECONFIG (e.g. `make testbed-env`) or pass --kubeconfig") from None
         self.client = client
-        self.core = client.CoreV1Api()
-        self.custom = client.CustomObjectsApi()
-        self.ext = client.ApiextensionsV1Api()
-        self.version = client.VersionApi()
+        self.api = client.ApiClient()
+        self.server = str(self.api.configuration.host)
+        self.api.call_api = self._guard(self.api.call_api)  # type: ignore[method-assign]
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.ext = client.ApiextensionsV1Api(self.api)
+        self.version = client.VersionApi(self.api)
+
+    def unreachable(self, reason: str) -> RuntimeFailure:
+        """The one error for "the API server does not answer" (exit 1)."""
+        return RuntimeFailure(
+            f"the Kubernetes API server {self.server} (kubeconfig: {self.kubeconfig}) does not answer: {reason}",
+            hint="check KUBECONFIG and its current context (`kubectl config current-context`); for the local "
+                 "testbed start it with `make testbed-up`, then `eval \"$(make -s testbed-env)\"`")
+
+    def _guard(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        import urllib3.exceptions
+        from kubernetes.client.exceptions import ApiException
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(*args, **kwargs)
+            except urllib3.exceptions.HTTPError as e:
+                raise self.unreachable(_conn_reason(e)) from None
+            except ApiException as e:
+                if e.status == 0:  # the client's own mapping of a TLS error: no HTTP answer at all
+                    raise self.unreachable(str(e.reason or "TLS error")) from None
+                raise
+
+        return guarded
+
+    def ping(self) -> str:
+        """The server's Kubernetes version; RuntimeFailure (exit 1) when it does not answer or refuses."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return str(self.version.get_code().git_version)
+        except ApiException as e:
+            raise RuntimeFailure(f"the Kubernetes API server {self.server} refused the request: {e.status} {e.reason}",
+                                 hint=f"check the credentials of the current context in {self.kubeconfig}") from None
 
     # ------------------------------------------------------------------------------------- reads
     def get_lws(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -127,10 +173,78 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: Any) -> bool:
     return False
 
 
+def _conn_reason(e: Exception) -> str:
+    """A short reason for a urllib3 failure ("Connection refused", "timed out", ...), not its object reprs."""
+    r = getattr(e, "reason", None) or e
+    text = str(r)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if m:
+        return m.group(1).strip()
+    if "timed out" in text or "Timeout" in type(r).__name__:
+        return "timed out"
+    text = re.sub(r"<[^>]*>:?\s*", "", text).strip(" ()'\"")
+    return f"{type(r).__name__}: {text}" if text else type(r).__name__
+
+
 def _qty(v: str | None) -> float:
     from kubernetes.utils.quantity import parse_quantity
 
     return float(parse_quantity(v)) if v else 0.0
+
+
+GPU = "nvidia.com/gpu"
+
+
+def _pod_gpus(p: Any) -> float:
+    """nvidia.com/gpu a pod holds on its node: containers' sum vs the largest init container (requests,
+    else limits: an extended resource's request defaults to its limit)."""
+    def one(c: Any) -> float:
+        r = c.resources
+        reqs, lims = ((r.requests or {}), (r.limits or {})) if r else ({}, {})
+        return _qty(reqs.get(GPU) or lims.get(GPU))
+
+    spec = p.spec
+    main = sum(one(c) for c in spec.containers or [])
+    init = max((one(c) for c in spec.init_containers or []), default=0.0)
+    return max(main, init)
+
+
+@dataclass
+class GpuHolder:
+    pod: str  # namespace/name
+    release: str  # app.kubernetes.io/instance, "" if none
+    gpus: float
+
+    def __str__(self) -> str:
+        return f"{self.pod} ({self.gpus:g}" + (f", release {self.release})" if self.release else ")")
+
+
+def gpu_holders(kube: Kube, nodes: set[str], skip: tuple[str, str] | None = None
+                ) -> tuple[dict[str, list[GpuHolder]], str]:
+    """Per node of ``nodes``: the non-terminated pods bound there that request nvidia.com/gpu, pods of
+    release ``skip=(namespace, release)`` left out. The second value is why it could not be checked
+    ("" when it was): listing pods cluster-wide may be forbidden."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        pods = kube.core.list_pod_for_all_namespaces(
+            field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+    except ApiException as e:
+        if e.status in (401, 403):
+            return {}, f"cannot list pods in all namespaces ({e.status} {e.reason})"
+        raise
+    out: dict[str, list[GpuHolder]] = {}
+    for p in pods:
+        node, meta = (p.spec.node_name if p.spec else None), p.metadata
+        if node not in nodes or meta is None:
+            continue
+        rel = (meta.labels or {}).get("app.kubernetes.io/instance") or ""
+        if skip and (meta.namespace, rel) == skip:
+            continue
+        g = _pod_gpus(p)
+        if g > 0:
+            out.setdefault(node, []).append(GpuHolder(f"{meta.namespace}/{meta.name}", rel, g))
+    return out, ""
 
 
 def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_namespace: bool = False) -> list[Check]:
@@ -143,11 +257,8 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
     from kubernetes.client.exceptions import ApiException
 
     checks: list[Check] = []
-    try:
-        v = kube.version.get_code()
-        checks.append(Check("cluster", True, f"API server answers: Kubernetes {v.git_version}", "info"))
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeFailure(f"the cluster does not answer: {e}", hint="check KUBECONFIG / the current context") from None
+    v = kube.ping()  # RuntimeFailure (exit 1), not a failed check, when the API does not answer
+    checks.append(Check("cluster", True, f"API server {kube.server} answers: Kubernetes {v}", "info"))
     try:
         crd = kube.ext.read_custom_resource_definition(LWS_CRD)
         served = [x.name for x in crd.spec.versions if x.served]
@@ -167,7 +278,8 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
         sel["nvidia.com/gpu.product"] = d["gpu_product_label"]
     rdma = d["rdma"]
     fit, reasons = [], {}
-    for n in kube.core.list_node().items:
+    nodes = kube.core.list_node().items
+    for n in nodes:
         name, labels = _name(n), (n.metadata.labels if n.metadata else None) or {}
         alloc = (n.status.allocatable if n.status else None) or {}
         why = []
@@ -191,13 +303,33 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
     want = f"{gpus} allocatable nvidia.com/gpu" + (f" and {rdma['count']} {rdma['resource']}" if rdma["enabled"] else "")
     if sel:
         want += " with labels " + ", ".join(f"{k}={val}" for k, val in sel.items())
-    ok = len(fit) >= need_nodes
-    msg = (f"{len(fit)} node(s) have {want}; need {need_nodes} ({par['nodes']} per group x {d['replicas']} group(s), "
-           "one pod per node)")
+    # free = allocatable minus what bound, non-terminated pods request (the scheduler's arithmetic); pods of
+    # this release do not count: an upgrade replaces them
+    alloc_of = {_name(n): _qty(((n.status.allocatable if n.status else None) or {}).get(GPU)) for n in nodes}
+    holders, unchecked = gpu_holders(kube, set(fit), skip=(namespace, str(d["release"])))
+    free = {n: alloc_of[n] - sum(h.gpus for h in holders.get(n, [])) for n in fit}
+    free_fit = [n for n in fit if free[n] >= gpus]
+    ok = len(free_fit) >= need_nodes
+    msg = (f"{len(free_fit)} node(s) with >= {gpus} free {GPU} (of {len(fit)} with {want}); need {need_nodes} "
+           f"({par['nodes']} per group x {d['replicas']} group(s), one pod per node)")
+    if unchecked:
+        msg += f" (free GPUs not checked: {unchecked})"
     if not ok:
-        detail = "; ".join(f"{k}: {r}" for k, r in list(reasons.items())[:6])
-        msg += f". Fit: {', '.join(fit) or 'none'}. Others: {detail or 'no other nodes'}"
-        msg += f". Use parallelism.nodes <= {len(fit) // max(1, int(d['replicas']))} (with tp x pp adjusted) or add nodes"
+        held = [n for n in fit if n not in free_fit]
+        if len(fit) < need_nodes:
+            detail = "; ".join(f"{k}: {r}" for k, r in list(reasons.items())[:6])
+            msg += f". Fit: {', '.join(fit) or 'none'}. Others: {detail or 'no other nodes'}"
+        if held:
+            msg += ". GPUs held: " + "; ".join(
+                f"{n} ({free[n]:g} of {alloc_of[n]:g} free) by " + ", ".join(map(str, holders[n])) for n in held)
+        if len(fit) < need_nodes:
+            msg += (f". Use parallelism.nodes <= {len(fit) // max(1, int(d['replicas']))} (with tp x pp adjusted) "
+                    "or add nodes")
+        else:
+            rels = sorted({(h.pod.split("/")[0], h.release) for n in held for h in holders[n] if h.release})
+            msg += (". Free them first" + (f" (`dsv3ctl undeploy -n {rels[0][0]} --release {rels[0][1]}` if "
+                                           "that is a dsv3 release)" if rels else "")
+                    + ", or deploy with --skip-preflight: the pods then stay Pending until GPUs are free")
     checks.append(Check("gpu_nodes", ok, msg))
     try:
         kube.core.read_namespace(namespace)
@@ -245,7 +377,7 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
                                                   "deploy.storage.kind=newClaim"))
     elif st["kind"] == "newClaim" and st["storage_class"]:
         try:
-            kube.client.StorageV1Api().read_storage_class(st["storage_class"])
+            kube.client.StorageV1Api(kube.api).read_storage_class(st["storage_class"])
             checks.append(Check("storage", True, f"StorageClass {st['storage_class']} exists", "info"))
         except ApiException as e:
             if e.status != 404:
@@ -412,7 +544,7 @@ def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service),
                      ("configmap", c.list_namespaced_config_map), ("secret", c.list_namespaced_secret)):
         out += [f"{kind}/{_name(o)}" for o in fn(namespace, label_selector=sel).items]
-    apps = kube.client.AppsV1Api()
+    apps = kube.client.AppsV1Api(kube.api)
     out += [f"statefulset/{_name(o)}" for o in apps.list_namespaced_stateful_set(namespace, label_selector=sel).items]
     lsel = f"leaderworkerset.sigs.k8s.io/name={fullname(release)}"
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service)):

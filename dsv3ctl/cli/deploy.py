@@ -20,6 +20,10 @@ from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOp
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace; default: deploy.namespace of the spec.")]
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="Helm release name; default: deploy.release of the spec.")]
 ChartOpt = Annotated[Path | None, typer.Option("--chart", help="Chart directory; default: $DSV3CTL_CHART or helm/dsv3 of this checkout.")]
+#: ``logs`` keeps ``-f`` for ``--follow`` (as kubectl logs -f), so its ``--spec`` has no short form
+LogsSpecOpt = Annotated[Path | None, typer.Option(
+    "--spec", help="Deployment spec (dsv3.yaml); default: the embedded default spec. (No -f here: -f is --follow.)",
+    envvar="DSV3CTL_SPEC", show_envvar=True)]
 KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="kubeconfig file.")]
 
 
@@ -34,9 +38,18 @@ def _chart(chart: Path | None) -> Path:
 
 
 def _values(spec: Path | None, namespace: str | None, release: str | None) -> dict[str, Any]:
+    import shlex
+
+    from dsv3ctl.errors import SpecError
     from dsv3ctl.render.values import render_values
 
-    return render_values(load(spec), namespace=namespace, release=release)
+    try:
+        return render_values(load(spec), namespace=namespace, release=release)
+    except SpecError as e:
+        # the refusal points at `dsv3ctl plan`: make it the plan of the same spec, not of the embedded default
+        if spec is not None and e.hint and "`dsv3ctl plan`" in e.hint:
+            e.hint = e.hint.replace("`dsv3ctl plan`", f"`dsv3ctl plan --spec {shlex.quote(str(spec))}`")
+        raise
 
 
 def _write_values(values: dict[str, Any], path: Path) -> None:
@@ -62,8 +75,7 @@ def render(
 ) -> None:
     """Spec -> chart values (values.yaml) -> `helm template` -> one file per object in OUT.
 
-    Files: OUT/values.yaml and OUT/NN-<kind>-<name>.yaml (NN = helm's order). Earlier manifest files in
-    OUT are replaced. No cluster is contacted (lookup is empty, so the SSH Secret gets a fresh key).
+    Files: OUT/values.yaml and OUT/NN-<kind>-<name>.yaml (NN = helm's order). Earlier manifest files in OUT are replaced. No cluster is contacted (lookup is empty, so the SSH Secret gets a fresh key). Exit 2 when the chart cannot deploy the spec.
     """
     import yaml
 
@@ -106,11 +118,9 @@ def deploy(
 ) -> None:
     """Preflight through the API, `helm upgrade --install` with the spec's values, then watch until Ready.
 
-    Preflight: the API answers; the LWS CRD is installed; enough schedulable nodes have gpus_per_node
-    allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label; the namespace, the
-    token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed. While waiting,
-    a pod that stays unschedulable (or in image-pull/crash-loop backoff) for --grace seconds ends the wait
-    with its reason and the Warning events, exit 1.
+    Preflight: the LWS CRD is installed; enough schedulable nodes have gpus_per_node allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label, and that many GPUs still free (not requested by running pods of other releases); the namespace, the token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed (--skip-preflight deploys anyway). An API server that does not answer exits 1.
+
+    While waiting, a pod that stays unschedulable (or in image-pull/crash-loop backoff) for --grace seconds ends the wait with its reason and the Warning events, exit 1.
     """
     from dsv3ctl.adapters import helm
     from dsv3ctl.adapters import kube as k
@@ -173,8 +183,10 @@ def _target(spec: Path | None, namespace: str | None, release: str | None) -> tu
 
 def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
            kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
-    """Groups, pods (ready/not, restarts, node), the LWS counters and the endpoints. Exit 0 when every
-    group is Ready, 1 when not (or the release has no LeaderWorkerSet)."""
+    """Groups, pods (ready/not, restarts, node), the LWS counters and the endpoints of a release.
+
+    Exit 0 when every group is Ready, 1 when not (or the release has no LeaderWorkerSet, or the API server does not answer).
+    """
     from dsv3ctl.adapters import kube as k
 
     ns, rel = _target(spec, namespace, release)
@@ -219,9 +231,12 @@ def logs(
     group: Annotated[int, typer.Option("--group", "-g", help="Group (model instance) index.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None,
-    spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, kubeconfig: KubeconfigOpt = None,
+    spec: LogsSpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, kubeconfig: KubeconfigOpt = None,
 ) -> None:
-    """Print (or with -f stream) the log of the leader or of worker N of a group."""
+    """Print (or with -f stream) the dsv3 container log of the leader or of worker N of a group.
+
+    `dsv3ctl logs` is the leader, `dsv3ctl logs worker 2 -f` follows worker 2 (-f is --follow, as in kubectl). Exit 1 when the pod does not exist or its node's kubelet cannot serve the log (always so on the kwok testbed, whose pods run no containers).
+    """
     import sys
 
     from dsv3ctl.adapters import kube as k
@@ -249,10 +264,56 @@ def logs(
                 sys.stdout.flush()
         else:
             sys.stdout.write(kube.core.read_namespaced_pod_log(name, ns, **kw))
+    except RuntimeFailure:
+        raise  # the API server does not answer (mapped in the kube adapter)
     except Exception as e:  # noqa: BLE001 - ApiException or a closed stream
-        reason = getattr(e, "reason", None) or str(e)
-        body = getattr(e, "body", "") or ""
-        raise RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {reason} {body}".strip()) from None
+        raise _log_error(kube, pods[0], e) from None
+
+
+def _status_message(e: Exception) -> str:
+    """The ``message`` of the API server's Status body, else the exception's reason (never raw JSON)."""
+    import json
+
+    body = getattr(e, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if body:
+        try:
+            msg = json.loads(body).get("message")
+            if msg:
+                return str(msg)
+        except (ValueError, AttributeError):
+            pass
+    reason = getattr(e, "reason", None)
+    status = getattr(e, "status", None)
+    return f"{status} {reason}" if status and reason else str(reason or e)
+
+
+def _log_error(kube: Any, pod: Any, e: Exception) -> Exception:
+    """A clean RuntimeFailure for a log the API server could not fetch."""
+    from dsv3ctl.errors import RuntimeFailure
+
+    ns, name, node = pod.metadata.namespace, pod.metadata.name, pod.spec.node_name or ""
+    msg = _status_message(e)
+    kubelet = any(s in msg for s in ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused"))
+    if not kubelet:
+        return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {msg}",
+                              hint=f"`dsv3ctl status -n {ns}` shows the pod's state")
+    fake = False
+    try:
+        n = kube.core.read_node(node)
+        fake = ((n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake")
+    except Exception:  # noqa: BLE001 - the hint only
+        pass
+    detail = msg.split(": ")[-1] if ": " in msg else msg
+    if fake:
+        return RuntimeFailure(f"pod {ns}/{name} has no log: its node {node} is a kwok fake node (the local testbed), "
+                              "which has no kubelet and runs no containers",
+                              hint="logs need a real node; on the testbed use `dsv3ctl status` to see the pods")
+    return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: the API server cannot reach the kubelet of its "
+                          f"node {node or '?'} ({detail})",
+                          hint=f"check the node (`kubectl get node {node}`) and that the API server reaches its "
+                               "kubelet on port 10250")
 
 
 # --------------------------------------------------------------------------------------------- undeploy
@@ -264,8 +325,10 @@ def undeploy(
     timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait until nothing of the release is left.")] = 300,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
-    """`helm uninstall`, then wait until no object of the release is left (pods, StatefulSets, Services,
-    Secrets, ConfigMaps, the LeaderWorkerSet). Exit 1 when something is still there after --timeout."""
+    """`helm uninstall`, then wait until no object of the release is left.
+
+    Objects waited for: pods, StatefulSets, Services, Secrets, ConfigMaps, the LeaderWorkerSet. A chart-created PVC is kept unless --purge-storage. Exit 1 when something is still there after --timeout, or the API server does not answer.
+    """
     import time
 
     from dsv3ctl.adapters import helm
@@ -275,6 +338,7 @@ def undeploy(
     sink = Sink(output)
     ns, rel = _target(spec, namespace, release)
     kube = _kube(kubeconfig)
+    kube.ping()  # one clear error when the API server is down, before helm's own
     if dry_run:
         sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
                   lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))

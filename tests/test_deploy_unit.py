@@ -1,0 +1,114 @@
+"""`render | deploy | status | logs | undeploy` pieces that need no cluster: an API server that does not
+answer gives one clean error (exit 1) naming the server, `logs -f` means --follow, kubelet errors of `logs`
+are parsed, free-GPU arithmetic of the preflight, and refusals point at `plan --spec` of the same file."""
+
+from __future__ import annotations
+
+import json
+import socket
+from types import SimpleNamespace as NS
+
+import pytest
+
+from dsv3ctl.adapters import kube as k
+
+
+@pytest.fixture
+def dead_api(tmp_path, monkeypatch):
+    """A kubeconfig whose server is a loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"https://127.0.0.1:{port}"
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kc))
+    monkeypatch.setenv("DSV3CTL_HELM", "/nonexistent/helm")  # undeploy must fail on the API, not on helm
+    return url
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "-o", "json"), ("logs",), ("logs", "leader", "-f"),
+                                  ("logs", "worker", "1", "--follow"), ("undeploy",), ("deploy", "--dry-run")])
+def test_api_down_is_one_clean_runtime_failure(run_cli, dead_api, args):
+    r = run_cli(*args)
+    assert r.code == 1, r.out + r.err
+    text = r.out + r.err
+    assert "Traceback" not in text and "MaxRetryError" not in text and "urllib3" not in text
+    assert f"the Kubernetes API server {dead_api}" in text and "does not answer: Connection refused" in text
+    assert "make testbed-up" in text and "KUBECONFIG" in text
+
+
+def test_logs_f_is_follow_and_spec_keeps_its_long_form(run_cli):
+    import typer.main
+
+    from dsv3ctl.cli import app
+
+    cmds = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    opts = {p.name: p.opts for p in cmds["logs"].params}
+    assert opts["follow"] == ["--follow", "-f"] and opts["spec"] == ["--spec"]
+    for other in ("deploy", "status", "undeploy", "render"):  # the shared SpecOpt keeps -f elsewhere
+        assert {p.name: p.opts for p in cmds[other].params}["spec"] == ["--spec", "-f"]
+
+
+def test_render_refusal_points_at_plan_of_the_same_spec(run_cli, write_spec, tmp_path):
+    p = write_spec({"parallelism": {"nodes": 3, "gpus_per_node": 4, "tp": 12}}, "tp12.yaml")
+    r = run_cli("render", "--spec", p, "--out", tmp_path / "out")
+    assert r.code == 2
+    assert f"`dsv3ctl plan --spec {p}` shows every check" in r.err
+
+
+KWOK_BODY = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message":
+                        'Get "https://kwok-gpu-0:10250/containerLogs/dsv3/dsv3-0/dsv3": dial tcp: lookup kwok-gpu-0 '
+                        "on 127.0.0.53:53: no such host"})
+
+
+class _Core:
+    def __init__(self, annotations):
+        self.annotations = annotations
+
+    def read_node(self, name):
+        return NS(metadata=NS(annotations=self.annotations))
+
+
+def _pod(ns="dsv3", name="dsv3-0", node="kwok-gpu-0"):
+    return NS(metadata=NS(namespace=ns, name=name), spec=NS(node_name=node))
+
+
+def test_logs_error_on_a_kwok_node_is_a_sentence_not_json():
+    from kubernetes.client.exceptions import ApiException
+
+    from dsv3ctl.cli.deploy import _log_error
+
+    e = ApiException(status=500, reason="Internal Server Error")
+    e.body = KWOK_BODY
+    err = _log_error(NS(core=_Core({"kwok.x-k8s.io/node": "fake"})), _pod(), e)
+    assert "{" not in err.message and "kwok fake node" in err.message and "kwok-gpu-0" in err.message
+    assert "runs no containers" in err.message
+    err = _log_error(NS(core=_Core({})), _pod(), e)  # a real node whose kubelet is unreachable
+    assert "{" not in err.message and "kubelet of its node kwok-gpu-0" in err.message and "no such host" in err.message
+    assert "10250" in (err.hint or "")
+    e = ApiException(status=400, reason="Bad Request")
+    e.body = json.dumps({"kind": "Status", "message": 'container "dsv3" in pod "dsv3-0" is waiting to start'})
+    err = _log_error(NS(core=_Core({})), _pod(), e)
+    assert err.message == 'cannot read the log of pod dsv3/dsv3-0: container "dsv3" in pod "dsv3-0" is waiting to start'
+
+
+def _gpu_pod(ns, name, node, gpus, release=None, init=0):
+    res = lambda n: NS(resources=NS(requests={"nvidia.com/gpu": str(n)} if n else {}, limits=None))  # noqa: E731
+    return NS(metadata=NS(namespace=ns, name=name, labels={"app.kubernetes.io/instance": release} if release else {}),
+              spec=NS(node_name=node, containers=[res(gpus)], init_containers=[res(init)] if init else None))
+
+
+def test_gpu_holders_count_bound_pods_but_not_the_release_itself():
+    pods = [_gpu_pod("dsv3", "dsv3-0", "n0", 8, "dsv3"), _gpu_pod("other", "job", "n1", 2, init=4),
+            _gpu_pod("dsv3", "mine-0", "n1", 8, "mine"), _gpu_pod("x", "cpu", "n1", 0),
+            _gpu_pod("x", "elsewhere", "n9", 8)]
+    core = NS(list_pod_for_all_namespaces=lambda field_selector: NS(items=pods))
+    held, why = k.gpu_holders(NS(core=core), {"n0", "n1"}, skip=("dsv3", "mine"))
+    assert why == ""
+    assert {n: [str(h) for h in hs] for n, hs in held.items()} == {
+        "n0": ["dsv3/dsv3-0 (8, release dsv3)"], "n1": ["other/job (4)"]}
