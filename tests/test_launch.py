@@ -3,6 +3,7 @@ wait (against real sockets on 127.0.0.1) and the CLI. The cross-pod behaviour is
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import threading
@@ -76,6 +77,21 @@ def test_preflight_rules():
     assert "/dev/shm is 0.06 GiB" in errs[0] and "memlock limit is 65536" in errs[1]
     assert "/dev/infiniband is missing" in errs[2] and "4 GPUs visible" in errs[3]
     assert len(L.preflight_errors(bad, shm_min_gib=8, rdma=False, gpus_per_node=8, skip=["gpus"])) == 1
+
+
+def test_rdma_preflight_names_the_switches_that_turn_it_off(run_cli, write_spec, tmp_path, monkeypatch):
+    bad = L.PreflightFacts(shm_bytes=64 * L.GIB, memlock_soft=resource.RLIM_INFINITY, has_infiniband=False,
+                           visible_gpus=8)
+    (msg,) = L.preflight_errors(bad, shm_min_gib=8, rdma=True, gpus_per_node=8,
+                                rdma_source="deploy.rdma.enabled: true in the spec")
+    assert "deploy.rdma.enabled: true in the spec" in msg
+    assert "deploy.rdma.enabled: false" in msg and "--no-rdma" in msg and "DSV3CTL_RDMA" in msg
+    assert "launch.rdma=false" not in msg
+    # the CLI says which setting turned RDMA on (the embedded default: deploy.rdma.enabled)
+    monkeypatch.setattr(L, "measure", lambda: bad)
+    monkeypatch.delenv("DSV3CTL_RDMA", raising=False)
+    r = run_cli("launch", "leader", "--hosts", "a,b", "--runtime-dir", tmp_path / "rt")
+    assert r.code == 1 and "deploy.rdma.enabled: true in the spec" in r.err and "--no-rdma" in r.err
 
 
 def _ssh_like_server() -> tuple[socket.socket, int]:
@@ -169,3 +185,28 @@ def test_watchdog_writes_session_lost_when_the_leader_session_is_gone(tmp_path, 
     text = lost.read_text()
     assert text.count("\n") == 1 and "leader session is gone" in text and "2 polls" in text
     assert not list(runtime.glob(".*.tmp"))  # written atomically
+
+
+@pytest.mark.parametrize("rank", ["16", "99", "-1"])
+def test_launch_rank_outside_the_world_exits_2(run_cli, rank):
+    r = run_cli("launch", "rank", "--dry-run", "--rank", rank)
+    assert r.code == 2 and f"--rank={rank}" in r.err and "16 ranks" in r.err and "Traceback" not in r.err
+
+
+def test_launch_rank_from_env_outside_the_world_names_the_variable(run_cli, monkeypatch):
+    monkeypatch.setenv("SLURM_PROCID", "20")
+    r = run_cli("launch", "rank", "--dry-run", "--tp", "8")
+    assert r.code == 2 and "SLURM_PROCID=20" in r.err and "8 ranks" in r.err
+
+
+def test_launch_rank_dry_run_json(run_cli, monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("HF_TOKEN", "secret-value")
+    r = run_cli("launch", "rank", "--dry-run", "-o", "json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["rank"] == 3 and doc["rank_source"] == "OMPI_COMM_WORLD_RANK"
+    assert doc["argv"][0] == "tritonserver" and "--id=rank3" in doc["argv"]
+    assert doc["env"]["OMPI_COMM_WORLD_RANK"] == "3" and "HF_TOKEN" in doc["inherited_env"]
+    assert "secret-value" not in r.out
+    assert run_cli("launch", "rank", "--rank", "0", "-o", "json").code == 2  # json needs --dry-run

@@ -75,10 +75,10 @@ def _hub_errors(what: str, resume_hint: bool = False) -> Iterator[None]:
     try:
         yield
     except OfflineModeIsEnabled:
-        raise RuntimeFailure(f"{what}: HF_HUB_OFFLINE is set, so the hub at {ep} is not contacted",
+        raise RuntimeFailure(f"{what}: HF_HUB_OFFLINE is set, so the Hugging Face Hub at {ep} is not contacted",
                              hint="unset HF_HUB_OFFLINE (or HF_HUB_OFFLINE=0) to download") from None
     except HfHubHTTPError as err:
-        raise RuntimeFailure(f"{what}: the hub at {ep} answered with an error: {_short(err)}{again}",
+        raise RuntimeFailure(f"{what}: the Hugging Face Hub at {ep} answered with an error: {_short(err)}{again}",
                              hint="check HF_TOKEN / --token-file and model.repo, model.revision") from None
     except _transport_errors() as err:
         raise RuntimeFailure(f"{what}: cannot reach the Hugging Face Hub at {ep}: {_short(err)}{again}",

@@ -91,9 +91,15 @@ def count_gpus() -> int:
     return n
 
 
+RDMA_OFF = ("deploy.rdma.enabled: false in the spec (the chart sets launch.rdma from it), --no-rdma, or "
+            "DSV3CTL_RDMA=0")
+
+
 def preflight_errors(facts: PreflightFacts, *, shm_min_gib: float, rdma: bool, gpus_per_node: int,
-                     skip: Iterable[str] = ()) -> list[str]:
-    """Every failed preflight rule as one message naming the limit, the measured value and the fix."""
+                     skip: Iterable[str] = (), rdma_source: str = "") -> list[str]:
+    """Every failed preflight rule as one message naming the limit, the measured value and the fix.
+    ``rdma_source`` says what turned RDMA on (e.g. ``deploy.rdma.enabled: true``), for the messages."""
+    why = f" ({rdma_source})" if rdma_source else ""
     skip = set(skip)
     errs = []
     if "shm" not in skip and facts.shm_bytes < shm_min_gib * GIB:
@@ -101,25 +107,27 @@ def preflight_errors(facts: PreflightFacts, *, shm_min_gib: float, rdma: bool, g
                     "GiB (NCCL and the Python backend use shared memory); mount an emptyDir with medium: Memory "
                     f"and sizeLimit >= {shm_min_gib:g}Gi at /dev/shm (docker: --shm-size)")
     if "memlock" not in skip and rdma and facts.memlock_soft != resource.RLIM_INFINITY:
-        errs.append(f"memlock limit is {facts.memlock_soft} bytes but RDMA needs unlimited (ulimit -l unlimited; "
+        errs.append(f"memlock limit is {facts.memlock_soft} bytes but RDMA{why} needs unlimited (ulimit -l unlimited; "
                     "docker: --ulimit memlock=-1; Kubernetes: the container runtime's default ulimits or the "
-                    "IPC_LOCK capability)")
+                    f"IPC_LOCK capability), or turn RDMA off: {RDMA_OFF}")
     if "infiniband" not in skip and rdma and not facts.has_infiniband:
-        errs.append("/dev/infiniband is missing while an RDMA resource was requested (launch.rdma / --rdma); "
-                    "request the RDMA device plugin's resource (e.g. rdma/ib) or set launch.rdma=false")
+        errs.append(f"/dev/infiniband is missing while RDMA is on{why}; request the RDMA device plugin's resource "
+                    f"(deploy.rdma.resource, e.g. rdma/ib), or turn RDMA off: {RDMA_OFF}")
     if "gpus" not in skip and facts.visible_gpus < gpus_per_node:
         errs.append(f"{facts.visible_gpus} GPUs visible but parallelism.gpus_per_node={gpus_per_node}; request "
                     f"nvidia.com/gpu: {gpus_per_node} or lower gpus_per_node")
     return errs
 
 
-def preflight(role: str, *, shm_min_gib: float, rdma: bool, gpus_per_node: int, skip: Iterable[str] = ()) -> None:
+def preflight(role: str, *, shm_min_gib: float, rdma: bool, gpus_per_node: int, skip: Iterable[str] = (),
+              rdma_source: str = "") -> None:
     """Run every preflight check; RuntimeFailure (exit 1) listing all failures."""
     skip = list(skip)
     bad = [s for s in skip if s not in PREFLIGHT_CHECKS]
     if bad:
         raise SpecError(f"--skip-preflight {bad[0]!r}: unknown check; use one of {', '.join(PREFLIGHT_CHECKS)}")
-    errs = preflight_errors(measure(), shm_min_gib=shm_min_gib, rdma=rdma, gpus_per_node=gpus_per_node, skip=skip)
+    errs = preflight_errors(measure(), shm_min_gib=shm_min_gib, rdma=rdma, gpus_per_node=gpus_per_node, skip=skip,
+                            rdma_source=rdma_source)
     if errs:
         raise RuntimeFailure("preflight failed:\n  " + "\n  ".join(errs))
     log(role, "preflight ok" + (f" (skipped: {', '.join(skip)})" if skip else ""))
@@ -466,9 +474,10 @@ def run_worker(*, group: Sequence[str], ssh_port: int, secret_dir: str, runtime_
 def exec_rank(cfg: R.RankConfig, rank: int | None, env: Mapping[str, str] | None = None,
               dry_run: bool = False) -> list[str]:
     """Replace this process with the server of this MPI rank (``os.execvp``); with ``dry_run`` return the argv.
-    RuntimeFailure when the server executable is missing."""
+    SpecError when the rank is outside tp x pp; RuntimeFailure when the server executable is missing."""
     env = os.environ if env is None else env
-    r = R.rank_from_env(env) if rank is None else rank
+    r, source = R.rank_and_source(env, rank)
+    R.check_rank(r, cfg, source)
     argv = R.rank_argv(cfg, r)
     if dry_run:
         return argv

@@ -155,6 +155,12 @@ def _run(step: Step) -> dict[str, Any]:
     th.join()
     if rc != 0:
         last = [x for x in tail if x.strip()][-3:]
+        try:  # with -o json the step's own error is a JSON document on stdout: {error, hint, exit_code}
+            doc = json.loads(out) if out.strip() else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("error"):
+            last.append(f"error: {doc['error']}" + (f" (fix: {doc['hint']})" if doc.get("hint") else ""))
         msg = (f"prepare step {step.name!r} failed (exit {rc}): {step.command()}"
                + (":\n  " + "\n  ".join(last) if last else ""))
         hint = "fix the cause and rerun `dsv3ctl launch prepare` (finished steps are skipped); or run the step by hand"

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dsv3ctl.cli._common import SpecOpt, load
+from dsv3ctl.cli._common import OutputFormat, OutputOpt, Sink, SpecOpt, load
 
 launch_app = typer.Typer(name="launch", help="In-container launcher: leader (mpirun), worker (sshd + watchdog), "
                                              "rank (exec the server of one MPI rank), prepare (fill the volume).",
@@ -64,11 +64,18 @@ def _rank_cfg(s: Any, **kw: Any) -> Any:
     return rank_config_from_spec(s, **kw)
 
 
-def _rdma(s: Any, flag: bool | None) -> bool:
-    """--rdma/DSV3CTL_RDMA, else launch.rdma or the chart's deploy.rdma.enabled."""
+def _rdma(s: Any, flag: bool | None) -> tuple[bool, str]:
+    """(RDMA on?, what turned it on): --rdma/DSV3CTL_RDMA, else launch.rdma or the chart's deploy.rdma.enabled."""
+    import os
+
     if flag is not None:
-        return flag
-    return bool(s.launch.rdma or getattr(getattr(getattr(s, "deploy", None), "rdma", None), "enabled", False))
+        env = os.environ.get("DSV3CTL_RDMA")
+        return flag, (f"DSV3CTL_RDMA={env}" if env is not None else "--rdma")
+    if getattr(getattr(getattr(s, "deploy", None), "rdma", None), "enabled", False):
+        return True, "deploy.rdma.enabled: true in the spec"
+    if s.launch.rdma:
+        return True, "launch.rdma: true in the spec"
+    return False, ""
 
 
 def _group(s: Any, hosts: str | None, leader_address: str | None, group_size: int | None) -> list[str]:
@@ -110,8 +117,9 @@ def leader(
     cfg = _rank_cfg(s, mode=mode, frontend=frontend, model_repository=model_repo, model_dir=model_dir,
                     http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, tritonserver=tritonserver,
                     extra_llm_api_options=extra_llm_api_options)
+    rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
-                rdma=_rdma(s, rdma), gpus_per_node=gpn, skip=skip_preflight or [])
+                rdma=rdma_on, gpus_per_node=gpn, skip=skip_preflight or [], rdma_source=rdma_source)
     rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir),
                       wait_timeout_s=wait_timeout or lc.worker_wait_timeout_s,
@@ -134,9 +142,10 @@ def worker(
     group = _group(s, hosts, leader_address, group_size)
     if worker_index == 0:
         L.log("worker", "warning: LWS_WORKER_INDEX=0 is the leader's index")
+    rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("worker", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
-                rdma=_rdma(s, rdma), gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
-                skip=skip_preflight or [])
+                rdma=rdma_on, gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
+                skip=skip_preflight or [], rdma_source=rdma_source)
     rc = L.run_worker(group=group, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir))
     raise typer.Exit(rc)
@@ -152,11 +161,23 @@ def rank(
     max_batch_size: MbsOpt = None, max_num_tokens: MntOpt = None, max_seq_len: MslOpt = None,
     kv_cache_free_gpu_mem_fraction: KvOpt = None, extra_llm_api_options: ExtraOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the server argv instead of exec'ing it.")] = False,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """One MPI rank: exec the server for this rank (engine: tritonserver in leader mode; llmapi:
-    trtllm-llmapi-launch with tritonserver or trtllm-serve)."""
+    trtllm-llmapi-launch with tritonserver or trtllm-serve).
+
+    The rank must be in 0..tp x pp - 1 (exit 2 otherwise). With --dry-run, -o json prints {rank, rank_source,
+    argv, env: the MPI/Slurm rank and size variables that are set, inherited_env: names of the other variables
+    the server inherits (values not printed: they may hold tokens)}.
+    """
+    import os
+
     from dsv3ctl.adapters import launcher as L
-    from dsv3ctl.render.launch import shell_join
+    from dsv3ctl.errors import SpecError
+    from dsv3ctl.render.launch import RANK_ENV, SIZE_ENV, forwarded_env, rank_and_source, shell_join
+
+    if output is OutputFormat.json and not dry_run:
+        raise SpecError("--output json needs --dry-run (without it the server replaces this process)")
 
     s = load(spec)
     cfg = _rank_cfg(s, mode=mode, frontend=frontend, model_repository=model_repo, model_dir=model_dir,
@@ -165,7 +186,11 @@ def rank(
                     max_seq_len=max_seq_len, kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
                     extra_llm_api_options=extra_llm_api_options)
     argv = L.exec_rank(cfg, rank_, dry_run=dry_run)
-    typer.echo(shell_join(argv))
+    r, source = rank_and_source(os.environ, rank_)
+    doc = {"rank": r, "rank_source": source, "argv": argv,
+           "env": {k: os.environ[k] for k in (*RANK_ENV, *SIZE_ENV) if k in os.environ},
+           "inherited_env": forwarded_env(os.environ)}
+    Sink(output).emit(doc, lambda con: typer.echo(shell_join(argv)))
 
 
 def prepare(

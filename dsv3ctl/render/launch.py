@@ -158,9 +158,26 @@ def rank_config_from_spec(spec, **overrides) -> RankConfig:  # type: ignore[no-u
 
 def rank_from_env(env: Mapping[str, str]) -> int:
     """This process's MPI rank from OpenMPI, PMIx, Slurm or PMI variables; SpecError when none is set."""
+    return rank_and_source(env)[0]
+
+
+def check_rank(rank: int, cfg: RankConfig, source: str) -> int:
+    """SpecError (exit 2) unless 0 <= ``rank`` < tp x pp (the world the config was built for)."""
+    world = cfg.tp * cfg.pp
+    if not 0 <= rank < world:
+        raise SpecError(f"{source}={rank}: outside the world of tp x pp = {cfg.tp} x {cfg.pp} = {world} ranks; a rank "
+                        f"is 0..{world - 1}", hint="check --rank / the launcher's -np, or --tp/--pp and the spec's "
+                                                   "parallelism section")
+    return rank
+
+
+def rank_and_source(env: Mapping[str, str], rank: int | None = None) -> tuple[int, str]:
+    """(rank, where it came from: ``--rank`` or the variable's name). SpecError when there is none."""
+    if rank is not None:
+        return rank, "--rank"
     for k in RANK_ENV:
         if env.get(k, "").isdigit():
-            return int(env[k])
+            return int(env[k]), k
     raise SpecError(f"no MPI rank in the environment (looked at {', '.join(RANK_ENV)}); `dsv3ctl launch rank` "
                     "runs under mpirun or srun, or pass --rank")
 
