@@ -3,6 +3,7 @@ wheel the image installs (no Docker engine or NGC base here, so the build itself
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -85,3 +86,29 @@ def test_wheel_installs_in_clean_venv(tmp_path):
     r = subprocess.run([str(venv / "bin" / "dsv3ctl"), "launch", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "leader" in r.stdout and "worker" in r.stdout
     assert shutil.which("dsv3ctl", path=str(venv / "bin"))
+
+
+def test_image_build_outside_the_checkout_uses_the_checkout(run_cli, tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker", "-o", "json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    (cmd,) = doc["commands"]
+    assert doc["context"] == str(root) and cmd[-1] == str(root)
+    assert cmd[cmd.index("--file") + 1] == str(root / "docker" / "Dockerfile")
+    if (root / ".git").exists():
+        assert any(a.startswith("VCS_REF=") for a in cmd)
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--context", tmp_path)
+    assert r.code == 2 and "--context" in r.err and "docker/Dockerfile" in r.err
+
+
+def test_image_build_without_a_dockerfile_exits_2(run_cli, tmp_path, monkeypatch):
+    import dsv3ctl
+
+    fake = tmp_path / "site" / "dsv3ctl"
+    fake.mkdir(parents=True)
+    monkeypatch.setattr(dsv3ctl, "__file__", str(fake / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker")
+    assert r.code == 2 and "docker/Dockerfile" in r.err and "--context" in r.err and "Traceback" not in r.err

@@ -7,9 +7,40 @@ from typing import Annotated
 
 import typer
 
-from dsv3ctl.cli._common import DryRunOpt, SpecOpt, load
+from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
 
-image_app = typer.Typer(name="image", help="The container image (docker/Dockerfile).", no_args_is_help=True)
+image_app = typer.Typer(name="image", help="The container image (docker/Dockerfile): build, and push.",
+                        no_args_is_help=True)
+
+
+def _context(context: Path | None) -> str:
+    """The build context: ``--context``, else the source checkout this dsv3ctl runs from (the directory
+    holding ``docker/Dockerfile`` next to the ``dsv3ctl`` package, as render/deploy find ``helm/dsv3``).
+    ``.`` when that is the current directory. SpecError (exit 2) when there is no docker/Dockerfile."""
+    import os
+
+    from dsv3ctl.errors import SpecError
+    from dsv3ctl.render.image import DOCKERFILE
+
+    if context is not None:
+        if not (context / DOCKERFILE).is_file():
+            raise SpecError(f"--context {context}: no {DOCKERFILE} there; the build context is the root of a dsv3ctl "
+                            "source checkout", hint="pass --context DIR of a checkout (git clone of dsv3ctl)")
+        root = context
+    else:
+        import dsv3ctl
+
+        root = Path(dsv3ctl.__file__).resolve().parents[1]
+        if not (root / DOCKERFILE).is_file():
+            raise SpecError(f"no {DOCKERFILE}: this dsv3ctl runs from {root}, which is not a source checkout "
+                            "(an installed package has no Dockerfile)",
+                            hint="pass --context DIR of a dsv3ctl source checkout (git clone of dsv3ctl)")
+    try:
+        if root.resolve() == Path(os.getcwd()).resolve():
+            return "."
+    except OSError:
+        pass
+    return str(root.resolve())
 
 
 def _detect_builder() -> str | None:
@@ -46,21 +77,27 @@ def build(
     push: Annotated[bool, typer.Option("--push", help="Push the image after building.")] = False,
     builder: Annotated[str | None, typer.Option("--builder", help="docker | podman | buildah (default image.builder: "
                                                                   "auto = docker buildx, else podman, else buildah).")] = None,
-    context: Annotated[Path, typer.Option("--context", help="Build context: the dsv3ctl repository root.")] = Path("."),
+    context: Annotated[Path | None, typer.Option(
+        "--context", help="Build context: a dsv3ctl source checkout (has docker/Dockerfile); default: the checkout "
+                          "this dsv3ctl runs from, wherever the current directory is.")] = None,
     dry_run: DryRunOpt = False,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Build the image. ``--dry-run`` prints the exact command(s), one per line, and runs nothing.
+    """Build the image. --dry-run prints the exact command(s), one per line, and runs nothing; with -o json
+    one document {builder, image, context, commands: [argv, ...]}.
 
-    Exit 2 for a bad target/builder; 1 when no builder is installed (without --dry-run) or the build fails.
+    Exit 2 for a bad target/builder or no docker/Dockerfile in the context; 1 when no builder is installed
+    (without --dry-run) or the build fails.
     """
     import shlex
     import subprocess
     import sys
 
-    from dsv3ctl.errors import RuntimeFailure
+    from dsv3ctl.errors import RuntimeFailure, SpecError
     from dsv3ctl.render.image import build_commands
 
     s = load(spec)
+    ctx = _context(context)
     tgt = target or s.serving.mode
     chosen = builder or (None if s.image.builder == "auto" else s.image.builder)
     if chosen is None:
@@ -70,12 +107,14 @@ def build(
                 raise RuntimeFailure("no image builder found: install docker with the buildx plugin, podman or buildah")
             sys.stderr.write("note: no image builder found here; showing the docker buildx command\n")
             chosen = "docker"
-    plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=str(context),
-                          vcs_ref=_vcs_ref(context))
+    plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=ctx,
+                          vcs_ref=_vcs_ref(Path(ctx)))
     if dry_run:
-        for cmd in plan.commands:
-            typer.echo(shlex.join(cmd))
+        Sink(output).emit({"builder": plan.builder, "image": plan.image, "context": ctx, "commands": plan.commands},
+                          lambda con: [typer.echo(shlex.join(cmd)) for cmd in plan.commands])
         return
+    if output is OutputFormat.json:
+        raise SpecError("--output json needs --dry-run (a build prints the builder's own output)")
     for cmd in plan.commands:
         sys.stderr.write("+ " + shlex.join(cmd) + "\n")
         rc = subprocess.run(cmd).returncode
