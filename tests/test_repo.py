@@ -465,3 +465,14 @@ def test_decode_matches_tokenizers_and_skips_special(models):
     assert t.decode(ids, skip_special_tokens=False).startswith("<｜begin▁of▁sentence｜>")
     stream = t.stream(skip_special_tokens=False)
     assert "".join(stream.feed([i]) for i in ids) + stream.flush() == t.decode(ids, skip_special_tokens=False)
+
+
+def test_check_unparsable_config_reports_one_problem_and_skips_dependent_rules(built, run_cli):
+    p = built / "preprocessing" / "config.pbtxt"
+    p.write_text(p.read_text() + "\ngarbage {{{\n")
+    code, out = _check(run_cli, built)
+    assert code == 2
+    assert "preprocessing/config.pbtxt: (syntax): not a valid ModelConfig" in out
+    assert "is not in the repository" not in out and "neither an ensemble input" not in out
+    assert "FAIL: 1 problem(s)" in out
+    assert "ensemble/config.pbtxt: ensemble wiring checks: skipped: preprocessing/config.pbtxt" in out

@@ -191,12 +191,14 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
     if not repo.is_dir():
         raise SpecError(f"{repo}: not a directory; pass the repository `dsv3ctl repo build --out` wrote")
     configs: dict[str, Any] = {}
+    broken: dict[str, str] = {}  # model -> its config.pbtxt that is missing or does not parse
     for d in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         f = d / "config.pbtxt"
         rel = f"{d.name}/config.pbtxt"
         if not f.is_file():
             problems.append(f"{d.name}/: config.pbtxt: missing: every model directory needs one (Triton is run "
                             "with --disable-auto-complete-config); rebuild with `dsv3ctl repo build`")
+            broken[d.name] = rel
             continue
         text = f.read_text(encoding="utf-8")
         if "${" in text:
@@ -205,6 +207,7 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
             cfg = R.parse_pbtxt(text)
         except text_format.ParseError as err:
             problems.append(f"{rel}: (syntax): not a valid ModelConfig: {err}: rebuild with `dsv3ctl repo build`")
+            broken[d.name] = rel
             continue
         if cfg.name and cfg.name != d.name:
             problems.append(f"{rel}: name: {cfg.name!r} differs from the directory {d.name!r}: set name: \"{d.name}\"")
@@ -216,14 +219,24 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
                     problems.append(f"{rel}: {kind} {t.name}: duplicate tensor name: remove one declaration")
                 seen.add(t.name)
     if not configs:
-        problems.append(f"{repo}: (repository): no models: build one with `dsv3ctl repo build`")
+        if not broken:
+            problems.append(f"{repo}: (repository): no models: build one with `dsv3ctl repo build`")
         return problems, notes
+
+    def skipped(what: str, names: list[str]) -> None:
+        """Rules that need a config which did not parse are skipped (a note), not reported as problems."""
+        notes.append(f"{what}: skipped: {', '.join(broken[n] for n in names)} could not be read (see its problem "
+                     "above); fix it and rerun `dsv3ctl repo check`")
 
     # ensemble wiring
     for name, cfg in configs.items():
         if cfg.platform != "ensemble":
             continue
         rel = f"{name}/config.pbtxt"
+        unread = sorted({st.model_name for st in cfg.ensemble_scheduling.step if st.model_name in broken})
+        if unread:  # its steps' tensors are unknown: checking the wiring would only report follow-on errors
+            skipped(f"{rel}: ensemble wiring checks", unread)
+            continue
         ens_in = {t.name: t.data_type for t in cfg.input}
         ens_out = {t.name: t.data_type for t in cfg.output}
         produced: dict[str, tuple[int, str]] = {}
@@ -268,7 +281,10 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
                 problems.append(f"{rel}: output {o}: no step produces it: map it in a step's output_map or remove it")
 
     # decoupled consistency
-    if "tensorrt_llm" in configs and "tensorrt_llm_bls" in configs:
+    pair = ["tensorrt_llm", "tensorrt_llm_bls"]
+    if any(n in broken for n in pair) and any(n in configs or n in broken for n in pair):
+        skipped("decoupled consistency check of tensorrt_llm and tensorrt_llm_bls", [n for n in pair if n in broken])
+    elif "tensorrt_llm" in configs and "tensorrt_llm_bls" in configs:
         a = configs["tensorrt_llm"].model_transaction_policy.decoupled
         b = configs["tensorrt_llm_bls"].model_transaction_policy.decoupled
         if a != b:
@@ -278,6 +294,8 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
 
     # engine limits
     if engine_dir is not None:
+        if broken:
+            skipped("engine limit checks (max_batch_size, max_beam_width) of those models", sorted(broken))
         problems += _check_engine(Path(engine_dir), configs, notes)
 
     # tokenizers

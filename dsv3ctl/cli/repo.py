@@ -64,7 +64,10 @@ def check(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Parse every config.pbtxt as Triton's ModelConfig and check the rules that break deployments.
-    Prints one `file: field: problem: fix` line per problem; exit 2 when there is any."""
+
+    Prints one `file: field: problem: fix` line per problem; exit 2 when there is any. When a config does not
+    parse, the rules that depend on it are skipped (a note says which) rather than reported as problems.
+    """
     from dsv3ctl.adapters.model_repo import check_repo
 
     problems, notes = check_repo(repo, engine_dir)
