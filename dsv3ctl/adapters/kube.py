@@ -5,7 +5,8 @@ Objects are found by the chart's labels (``app.kubernetes.io/instance=<release>`
 ``app.kubernetes.io/name=dsv3``) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
 ``.../worker-index``); sources: LWS v0.9.0 API (labels, status fields), Kubernetes API reference
 (pod conditions: PodScheduled=False/Unschedulable carries the scheduler's reason).
-Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached.
+Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached: every request
+goes through :class:`Kube`'s one guarded ``ApiClient``, which names the server URL and the fix.
 """
 
 from __future__ import annotations
