@@ -112,3 +112,17 @@ def test_image_build_without_a_dockerfile_exits_2(run_cli, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     r = run_cli("image", "build", "--dry-run", "--builder", "docker")
     assert r.code == 2 and "docker/Dockerfile" in r.err and "--context" in r.err and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("group,subs", [("weights", ("download", "verify", "cast-bf16", "synth")),
+                                        ("repo", ("build", "check", "engine-skeleton")),
+                                        ("launch", ("leader", "worker", "rank", "prepare")),
+                                        ("image", ("build",)), ("slurm", ("render",))])
+def test_group_summaries_name_every_subcommand_and_help_has_no_rst(run_cli, monkeypatch, group, subs):
+    monkeypatch.setenv("COLUMNS", "300")
+    r = run_cli("--help")
+    line = next(x for x in r.out.splitlines() if x.strip("│ ").startswith(group + " "))
+    assert all(s in line for s in subs), line
+    for s in subs:
+        h = run_cli(group, s, "--help")
+        assert h.code == 0 and "``" not in h.out

@@ -159,10 +159,7 @@ def infer(
 ) -> None:
     """Send one prompt to the model and print the completion (streamed as tokens arrive).
 
-    gRPC streams through Triton's decoupled ModelStreamInfer; HTTP uses /v2/models/<m>/generate_stream
-    (server-sent events) or /generate with --no-stream. A server error mid-stream ends the request with the
-    server's text (exit 1); the text received so far is kept. JSON: {model, kind, protocol, url, streamed,
-    text, responses, timing: {ttft_ms, e2e_ms}, error}.
+    gRPC streams through Triton's decoupled ModelStreamInfer; HTTP uses /v2/models/<m>/generate_stream (server-sent events) or /generate with --no-stream. A server error mid-stream ends the request with the server's text (exit 1); the text received so far is kept. JSON: {model, kind, protocol, url, streamed, text, responses, timing: {ttft_ms, e2e_ms}, error}.
     """
     import asyncio
 
@@ -201,9 +198,7 @@ def chat(
     """Chat with DeepSeek-V3: messages rendered with the chat template of the deployment's
     tokenizer_config.json, sent as text_input.
 
-    With --message: one shot. Without: an interactive loop on stdin keeping the history (/reset clears it,
-    /exit or end of input quits). BOS is emitted once (the template's BOS is dropped when the tokenizer adds
-    one itself, as Triton's preprocessing does). JSON: the infer document plus {messages, prompt}.
+    With --message: one shot. Without: an interactive loop on stdin keeping the history (/reset clears it, /exit or end of input quits). BOS is emitted once (the template's BOS is dropped when the tokenizer adds one itself, as Triton's preprocessing does). JSON: the infer document plus {messages, prompt}.
     """
     import asyncio
 
@@ -358,10 +353,7 @@ def bench(
 ) -> None:
     """Measure latency and throughput: a closed-loop concurrency sweep and/or open-loop Poisson rates.
 
-    Metrics follow genai-perf's definitions (dsv3ctl.core.benchmetrics): TTFT, ITL = (e2e - TTFT) /
-    (output tokens - 1), TPOT = e2e / output tokens, e2e request latency (ms; mean/p50/p90/p99), output
-    tokens/s and requests/s over the point's duration. Output tokens are counted with the tokenizer
-    (responses are counted when a dataset is used without tokenizer files). Exit 1 if any request failed.
+    Metrics follow genai-perf's definitions (dsv3ctl.core.benchmetrics): TTFT, ITL = (e2e - TTFT) / (output tokens - 1), TPOT = e2e / output tokens, e2e request latency (ms; mean/p50/p90/p99), output tokens/s and requests/s over the point's duration. Output tokens are counted with the tokenizer (responses are counted when a dataset is used without tokenizer files). Exit 1 if any request failed.
     """
     import asyncio
     import json

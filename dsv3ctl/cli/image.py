@@ -9,7 +9,7 @@ import typer
 
 from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
 
-image_app = typer.Typer(name="image", help="The container image (docker/Dockerfile): build, and push.",
+image_app = typer.Typer(name="image", help="The container image from docker/Dockerfile: build (with --push, also push it).",
                         no_args_is_help=True)
 
 
@@ -84,10 +84,9 @@ def build(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Build the image. --dry-run prints the exact command(s), one per line, and runs nothing; with -o json
-    one document {builder, image, context, commands: [argv, ...]}.
+    one document {builder, image, context, commands} (commands: a list of argv lists).
 
-    Exit 2 for a bad target/builder or no docker/Dockerfile in the context; 1 when no builder is installed
-    (without --dry-run) or the build fails.
+    Exit 2 for a bad target/builder or no docker/Dockerfile in the context; 1 when no builder is installed (without --dry-run) or the build fails.
     """
     import shlex
     import subprocess

@@ -166,9 +166,7 @@ def rank(
     """One MPI rank: exec the server for this rank (engine: tritonserver in leader mode; llmapi:
     trtllm-llmapi-launch with tritonserver or trtllm-serve).
 
-    The rank must be in 0..tp x pp - 1 (exit 2 otherwise). With --dry-run, -o json prints {rank, rank_source,
-    argv, env: the MPI/Slurm rank and size variables that are set, inherited_env: names of the other variables
-    the server inherits (values not printed: they may hold tokens)}.
+    The rank must be in 0..tp x pp - 1 (exit 2 otherwise). With --dry-run, -o json prints {rank, rank_source, argv, env: the MPI/Slurm rank and size variables that are set, inherited_env: names of the other variables the server inherits (values not printed: they may hold tokens)}.
     """
     import os
 

@@ -10,7 +10,8 @@ import typer
 
 from dsv3ctl.cli._common import OutputFormat, OutputOpt, Sink, SpecOpt, load
 
-group = typer.Typer(help="Triton model repository: build it from engines (or for llmapi), check it.",
+group = typer.Typer(help="Triton model repository: build (from engines, or for llmapi), check (the rules that break "
+                         "deployments), engine-skeleton (a labelled placeholder engine directory).",
                     no_args_is_help=True)
 
 DEFAULT_ENGINE_MOUNT = "/models/engines"  # = dsv3ctl.render.model_repo.DEFAULT_ENGINE_MOUNT (kept light here)
@@ -65,8 +66,7 @@ def check(
 ) -> None:
     """Parse every config.pbtxt as Triton's ModelConfig and check the rules that break deployments.
 
-    Prints one `file: field: problem: fix` line per problem; exit 2 when there is any. When a config does not
-    parse, the rules that depend on it are skipped (a note says which) rather than reported as problems.
+    Prints one `file: field: problem: fix` line per problem; exit 2 when there is any. When a config does not parse, the rules that depend on it are skipped (a note says which) rather than reported as problems.
     """
     from dsv3ctl.adapters.model_repo import check_repo
 

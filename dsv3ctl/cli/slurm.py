@@ -19,8 +19,7 @@ def render(
 ) -> None:
     """Write the sbatch script (mode 0755, atomic).
 
-    Exit 2 for an invalid spec or a layout the planner rejects (the checks `dsv3ctl plan` shows), or when
-    --out is a directory or its directory does not exist.
+    Exit 2 for an invalid spec or a layout the planner rejects (the checks `dsv3ctl plan` shows), or when --out is a directory or its directory does not exist.
     """
     import shlex
 

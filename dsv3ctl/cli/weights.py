@@ -14,7 +14,8 @@ from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOp
 if TYPE_CHECKING:
     from rich.console import Console
 
-group = typer.Typer(help="Download, verify and cast DeepSeek-V3 checkpoints.", no_args_is_help=True)
+group = typer.Typer(help="DeepSeek-V3 checkpoints: download (from the hub), verify (offline), cast-bf16 (FP8 to BF16), "
+                          "synth (a small synthetic checkpoint for demos and tests).", no_args_is_help=True)
 
 
 def _report_human(rep_json: dict[str, Any]) -> Callable[[Console], None]:
