@@ -131,7 +131,13 @@ def _finish(doc: dict[str, Any], output: TextOrJson, echoed: bool) -> None:
 
     exc = doc.pop("_exc", None)
     if output is TextOrJson.json:
+        # the document already carries the error: exit with its code without a second (error) document
         sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        if exc is not None:
+            sys.stderr.write(f"error: {exc.message}\n" + (f"fix: {exc.hint}\n" if exc.hint else ""))
+            raise typer.Exit(exc.exit_code)
+        return
     elif doc["text"] or exc is None:  # no blank line when a request failed before any text
         sys.stdout.write("\n" if echoed else doc["text"] + "\n")
     sys.stdout.flush()
