@@ -457,13 +457,18 @@ def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
         if e.status != 404:
             raise
     lst = (lws or {}).get("status", {})
+    # The LWS controller must have seen the current spec: right after `helm upgrade` the status (ready and
+    # updated replicas) still describes the previous template until observedGeneration catches up.
+    generation = int((lws or {}).get("metadata", {}).get("generation", 0))
+    observed = int(lst.get("observedGeneration", 0))
     return {
         "release": release, "namespace": namespace, "lws": name, "exists": lws is not None,
         "size": size, "replicas": replicas, "ready_replicas": int(lst.get("readyReplicas", 0)),
         "updated_replicas": int(lst.get("updatedReplicas", 0)),
         "conditions": {c["type"]: c["status"] for c in lst.get("conditions", [])},
+        "generation": generation, "observed_generation": observed,
         "ready": lws is not None and bool(groups) and all(g["ready"] for g in groups)
-        and int(lst.get("readyReplicas", 0)) == replicas,
+        and int(lst.get("readyReplicas", 0)) == replicas and observed >= generation,
         "groups": groups, "endpoints": endpoints,
     }
 
