@@ -109,8 +109,12 @@ def build(
     plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=ctx,
                           vcs_ref=_vcs_ref(Path(ctx)))
     if dry_run:
+        def human(_con: object) -> None:
+            for cmd in plan.commands:  # plain lines (no rich markup/wrapping): they are meant to be copied
+                typer.echo(shlex.join(cmd))
+
         Sink(output).emit({"builder": plan.builder, "image": plan.image, "context": ctx, "commands": plan.commands},
-                          lambda con: [typer.echo(shlex.join(cmd)) for cmd in plan.commands])
+                          human)
         return
     if output is OutputFormat.json:
         raise SpecError("--output json needs --dry-run (a build prints the builder's own output)")
