@@ -38,18 +38,9 @@ def _chart(chart: Path | None) -> Path:
 
 
 def _values(spec: Path | None, namespace: str | None, release: str | None) -> dict[str, Any]:
-    import shlex
-
-    from dsv3ctl.errors import SpecError
     from dsv3ctl.render.values import render_values
 
-    try:
-        return render_values(load(spec), namespace=namespace, release=release)
-    except SpecError as e:
-        # the refusal points at `dsv3ctl plan`: make it the plan of the same spec, not of the embedded default
-        if spec is not None and e.hint and "`dsv3ctl plan`" in e.hint:
-            e.hint = e.hint.replace("`dsv3ctl plan`", f"`dsv3ctl plan --spec {shlex.quote(str(spec))}`")
-        raise
+    return render_values(load(spec), namespace=namespace, release=release)
 
 
 def _write_values(values: dict[str, Any], path: Path) -> None:

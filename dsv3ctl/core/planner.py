@@ -355,6 +355,20 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     return plan
 
 
+#: Checks about the parallel layout itself (not the memory fit): what renderers refuse to render.
+LAYOUT_CHECKS = frozenset({"world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp"})
+
+
+def require_layout(spec: Spec, what: str) -> Plan:
+    """The plan of ``spec``; SpecError (exit 2) listing every failed layout check, with ``what`` saying
+    who refuses ("the chart cannot deploy") and a hint to run ``dsv3ctl plan`` on the same spec."""
+    plan = make_plan(spec)
+    errors = [c.message for c in plan.checks if not c.ok and c.name in LAYOUT_CHECKS]
+    if errors:
+        raise SpecError(f"{what} this layout:\n" + "\n".join(errors), hint=f"`{spec.command('plan')}` shows every check")
+    return plan
+
+
 def require_valid(plan: Plan) -> Plan:
     """Raise SpecError (exit 2) listing every failed check; return the plan otherwise."""
     if not plan.ok:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from dsv3ctl.core.hardware import GPUS
 from dsv3ctl.errors import SpecError
@@ -301,6 +301,13 @@ class Spec(_Strict):
     launch: LaunchSpec = Field(default_factory=LaunchSpec)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
+    _source: str | None = PrivateAttr(None)  # the file it was loaded from (None: the embedded default)
+
+    def command(self, verb: str) -> str:
+        """``dsv3ctl <verb>`` for this same spec (with ``--spec FILE`` when it came from a file), for hints."""
+        import shlex
+
+        return f"dsv3ctl {verb}" + (f" --spec {shlex.quote(self._source)}" if self._source else "")
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -402,7 +409,9 @@ def load_spec(path: str | Path | None = None) -> Spec:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
-    return parse_spec(data, str(p))
+    spec = parse_spec(data, str(p))
+    spec._source = str(p)
+    return spec
 
 
 def spec_json_schema() -> dict[str, Any]:

@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import shlex
 
-from dsv3ctl.errors import SpecError
 from dsv3ctl.render.image import image_ref
 from dsv3ctl.render.launch import rank_config_from_spec
 
-# The planner checks that make a layout impossible to launch (the same ones `dsv3ctl render` refuses on).
-LAYOUT_CHECKS = ("world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp")
-
 
 def check_layout(spec) -> None:  # type: ignore[no-untyped-def]
-    """SpecError (exit 2) listing every failed layout check of the planner (:func:`make_plan`)."""
-    from dsv3ctl.core.planner import make_plan
+    """SpecError (exit 2) listing every failed layout check of the planner (:func:`require_layout`)."""
+    from dsv3ctl.core.planner import require_layout
 
-    errors = [c.message for c in make_plan(spec).checks if not c.ok and c.name in LAYOUT_CHECKS]
-    if errors:
-        raise SpecError("the sbatch script cannot launch this layout:\n" + "\n".join(errors),
-                        hint="`dsv3ctl plan` shows every check")
+    require_layout(spec, "the sbatch script cannot launch")
 
 
 def render_sbatch(spec, image: str | None = None) -> str:  # type: ignore[no-untyped-def]

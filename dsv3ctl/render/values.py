@@ -59,14 +59,9 @@ def image_tag(spec: Spec) -> str:
 
 
 def _check(spec: Spec) -> None:
-    from dsv3ctl.core.planner import make_plan
+    from dsv3ctl.core.planner import require_layout
 
-    plan = make_plan(spec)
-    errors = [c.message for c in plan.checks if not c.ok and c.name in (
-        "world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp")]
-    if errors:
-        raise SpecError("the chart cannot deploy this layout:\n" + "\n".join(errors),
-                        hint="`dsv3ctl plan` shows every check")
+    require_layout(spec, "the chart cannot deploy")
     d, launch = spec.deploy, spec.launch
     if d.storage.kind == "existingClaim" and not d.storage.claim_name:
         raise SpecError("deploy.storage.claim_name is empty but deploy.storage.kind=existingClaim needs the PVC's name; "
