@@ -345,6 +345,7 @@ LLMAPI_INPUTS: list[_T] = [
     _t("sampling_param_frequency_penalty", "FP32", [1], True),
     _t("sampling_param_presence_penalty", "FP32", [1], True), _t("sampling_param_seed", "UINT64", [1], True),
     _t("sampling_param_stop", "STRING", [-1], True), _t("sampling_param_beam_width", "INT32", [1], True),
+    _t("sampling_param_best_of", "INT32", [1], True),
     _t("sampling_param_exclude_input_from_output", "BOOL", [1], True),
     _t("return_finish_reason", "BOOL", [1], True),
 ]

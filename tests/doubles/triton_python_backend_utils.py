@@ -4,12 +4,15 @@ tritonserver cannot run here, so the project's Python models are exercised in-pr
 stand-in. It mirrors the subset of the real module's API they use (Tensor, InferenceRequest with
 ``exec``, InferenceResponse, TritonError, get_input_tensor_by_name, get_output_tensor_by_name,
 get_output_config_by_name, triton_string_to_numpy, using_decoupled_model_transaction_policy,
-TRITONSERVER_RESPONSE_COMPLETE_FINAL, a response sender). BLS calls (``InferenceRequest.exec``) are
-routed to handlers registered in :data:`MODELS` by the test.
+TRITONSERVER_RESPONSE_COMPLETE_FINAL, a thread-safe decoupled response sender, request cancellation through
+``InferenceRequest.is_cancelled`` / ``cancel()``, ``TritonError`` codes, ``Logger``). BLS calls
+(``InferenceRequest.exec``) are routed to handlers registered in :data:`MODELS` by the test.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +28,36 @@ _NP = {"TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "T
 
 
 class TritonError:
-    def __init__(self, message: str) -> None:
+    # the code names of the real module (python_backend src/pb_stub.cc binds TRITONSERVER_Error_Code by name)
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 0) -> None:
         self._message = message
+        self._code = code
 
     def message(self) -> str:
         return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class Logger:
+    """Collects log lines (the real Logger writes to tritonserver's log)."""
+
+    lines: list[tuple[str, str]] = []
+
+    @classmethod
+    def log_info(cls, msg: str) -> None:
+        cls.lines.append(("info", msg))
+
+    @classmethod
+    def log_warn(cls, msg: str) -> None:
+        cls.lines.append(("warn", msg))
+
+    @classmethod
+    def log_error(cls, msg: str) -> None:
+        cls.lines.append(("error", msg))
 
 
 class TritonModelException(Exception):
@@ -64,27 +92,50 @@ class InferenceResponse:
 
 
 class ResponseSender:
-    """Collects what a decoupled model sends; ``closed`` after the FINAL flag."""
+    """Collects what a decoupled model sends (from any thread); ``closed`` after the FINAL flag.
 
-    def __init__(self) -> None:
+    A send after FINAL raises (as the real sender does) and is also recorded in ``violations``, since a model
+    thread may swallow the exception. ``times`` holds the ``time.monotonic()`` of every send; :meth:`wait`
+    blocks until FINAL or the deadline."""
+
+    def __init__(self, request: InferenceRequest | None = None) -> None:
         self.responses: list[InferenceResponse] = []
+        self.times: list[float] = []
+        self.violations: list[str] = []
         self.closed = False
+        self._request = request
+        self._lock = threading.Lock()
+        self._done = threading.Event()
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
-        assert not self.closed, "send after TRITONSERVER_RESPONSE_COMPLETE_FINAL"
-        if response is not None:
-            self.responses.append(response)
-        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
-            self.closed = True
+        with self._lock:
+            if self.closed:
+                self.violations.append("send after TRITONSERVER_RESPONSE_COMPLETE_FINAL")
+                raise TritonModelException("send after TRITONSERVER_RESPONSE_COMPLETE_FINAL")
+            if response is not None:
+                self.responses.append(response)
+            self.times.append(time.monotonic())
+            if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+                self.closed = True
+                self._done.set()
+
+    def is_cancelled(self) -> bool:
+        return self._request is not None and self._request.is_cancelled()
+
+    def wait(self, timeout: float) -> bool:
+        """True once FINAL was sent; False when ``timeout`` seconds passed first."""
+        return self._done.wait(timeout)
 
 
 class InferenceRequest:
     def __init__(self, model_name: str = "", inputs: list[Tensor] | None = None,
-                 requested_output_names: list[str] | None = None, **_: Any) -> None:
+                 requested_output_names: list[str] | None = None, request_id: str = "", **_: Any) -> None:
         self.model_name = model_name
         self._inputs = list(inputs or [])
         self.requested_output_names = list(requested_output_names or [])
-        self._sender = ResponseSender()
+        self._sender = ResponseSender(self)
+        self._cancelled = threading.Event()
+        self._id = request_id
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -92,8 +143,15 @@ class InferenceRequest:
     def get_response_sender(self) -> ResponseSender:
         return self._sender
 
+    def request_id(self) -> str:
+        return self._id
+
     def is_cancelled(self) -> bool:
-        return False
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Test hook: the client went away (the real server sets this when the connection drops)."""
+        self._cancelled.set()
 
     def exec(self, decoupled: bool = False) -> Any:
         result = MODELS[self.model_name](self, decoupled)
