@@ -280,7 +280,7 @@ def test_llmapi_build_and_keys(tmp_path, write_spec, run_cli):
     assert y["speculative_config"] == {"decoding_type": "MTP", "num_nextn_predict_layers": 1}
     assert y["cuda_graph_config"] == {"max_batch_size": 64, "enable_padding": True}
     assert y["enable_attention_dp"] is True
-    assert y["kv_cache_config"]["free_gpu_memory_fraction"] == 0.9
+    assert y["kv_cache_config"]["free_gpu_memory_fraction"] == 0.75  # the throughput profile's
     assert y["triton_config"] == {"max_batch_size": 0, "decoupled": True}
     extra = yaml.safe_load((tmp_path / "l" / R.EXTRA_OPTIONS_FILE).read_text())
     assert "model" not in extra and "triton_config" not in extra
@@ -299,6 +299,66 @@ def test_llmapi_unknown_key_rejected(tmp_path, run_cli):
     code, out = _check(run_cli, tmp_path / "l")
     assert code == 2 and "moe_backend: not an LlmArgs key" in out
     assert "kv_cache_config.free_gpu_mem_fraction: not a key of kv_cache_config" in out
+
+
+def _emitted(value: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in value.items():
+        out.append((prefix + k, v))
+        if isinstance(v, dict) and not prefix:
+            out += _emitted(v, k + ".")
+    return out
+
+
+@pytest.mark.parametrize("serving", [
+    {"mode": "llmapi"}, {"mode": "llmapi", "profile": "latency"},
+    {"mode": "llmapi", "cuda_graph_max_batch_size": 0, "kv_cache_dtype": "auto", "moe_backend": "DEEPGEMM",
+     "stream_interval": 1, "mtp_layers": 2, "enable_chunked_context": True, "batch_scheduler_policy": "max_utilization"},
+], ids=["throughput", "latency", "explicit"])
+def test_every_llmapi_key_emitted_is_in_the_contract(serving):
+    """Every LLM API option dsv3ctl writes (model.yaml / extra-llm-api-options.yaml) is a TorchLlmArgs field of
+    TensorRT-LLM 1.0 (dsv3ctl/data/contracts/llm_args.json), and every value with known choices is one of them."""
+    from dsv3ctl.core import contracts
+
+    c = contracts.load("llm_args")
+    args = R.llm_api_args(parse_spec({"serving": serving}), "/models/m")
+    emitted = _emitted(args)
+    assert c.missing([n for n, _ in emitted]) == []
+    for name, value in emitted:
+        if c.items[name].choices and not isinstance(value, dict):
+            assert value in c.items[name].choices, (name, value)
+
+
+def test_profiles_set_the_published_options_and_explicit_keys_win():
+    thr = R.llm_api_args(parse_spec({"serving": {"mode": "llmapi"}}), "/m")
+    assert thr["enable_attention_dp"] is True and thr["moe_expert_parallel_size"] == thr["tensor_parallel_size"]
+    assert thr["kv_cache_config"]["dtype"] == "fp8" and thr["kv_cache_config"]["free_gpu_memory_fraction"] == 0.75
+    assert thr["cuda_graph_config"] == {"enable_padding": True, "max_batch_size": 4}  # up to max_batch_size
+    assert thr["moe_config"] == {"backend": "CUTLASS"} and thr["stream_interval"] == 10
+    assert "speculative_config" not in thr
+    lat = R.llm_api_args(parse_spec({"serving": {"mode": "llmapi", "profile": "latency", "max_batch_size": 8}}), "/m")
+    assert lat["speculative_config"] == {"decoding_type": "MTP", "num_nextn_predict_layers": 3}
+    assert lat["enable_attention_dp"] is False and lat["cuda_graph_config"]["max_batch_size"] == 8
+    own = R.llm_api_args(parse_spec({"serving": {"mode": "llmapi", "enable_attention_dp": False, "kv_cache_dtype": "auto",
+                                                 "kv_cache_free_gpu_mem_fraction": 0.5, "cuda_graph_max_batch_size": 0},
+                                     "parallelism": {"moe_ep": 2}}), "/m")
+    assert own["enable_attention_dp"] is False and own["moe_expert_parallel_size"] == 2
+    assert own["kv_cache_config"] == {"free_gpu_memory_fraction": 0.5, "enable_block_reuse": False, "dtype": "auto"}
+    assert own["cuda_graph_config"] is None  # 0 = off, the only way null is written
+    engine = parse_spec({})  # engine mode: no profile applied
+    assert engine.serving.enable_attention_dp is False and engine.parallelism.moe_ep == 1
+
+
+def test_plan_prints_effective_llmapi_options(write_spec, run_cli):
+    spec = write_spec({"serving": {"mode": "llmapi", "profile": "latency"},
+                       "parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}, "hardware": {"gpu": "H200"}})
+    r = run_cli("plan", "--spec", spec, "-o", "json")
+    data = json.loads(r.out)
+    opts = data["llmapi_options"]
+    assert opts["profile"] == "latency"
+    assert opts["options"]["speculative_config"] == {"decoding_type": "MTP", "num_nextn_predict_layers": 3}
+    r = run_cli("plan", "--spec", spec)
+    assert "llmapi options (profile latency)" in r.out and "speculative_config" in r.out
 
 
 # ------------------------------------------------------------------------------------------ Python models

@@ -29,6 +29,10 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
     model = DeepSeekV3Config.load(model_config) if model_config else None
     p = make_plan(s, model)
     data = p.to_json()
+    if s.serving.mode == "llmapi":  # the LLM API options `repo build` writes, with serving.profile applied
+        from dsv3ctl.render.model_repo import llm_api_args
+
+        data["llmapi_options"] = {"profile": s.serving.profile, "options": llm_api_args(s, s.model.repo)}
     sink = Sink(output)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
@@ -53,6 +57,10 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
             con.print(f"KV cache: {kv['bytes_per_token']:,} B/token (MLA latent, all layers), "
                       f"{kv['bytes_per_token_per_gpu']:,} B/token per GPU; needs {kv['required_tokens']:,} tokens, "
                       f"pool holds {kv['capacity_tokens']:,}")
+        if "llmapi_options" in data:
+            lo = data["llmapi_options"]
+            con.print(f"llmapi options (profile {lo['profile']}): " + ", ".join(
+                f"{k}={v}" for k, v in lo["options"].items() if k not in ("model", "backend")), markup=False)
         for c in data["checks"]:
             mark = "[green]ok[/]" if c["ok"] and c["severity"] != "warning" else (
                 "[yellow]warn[/]" if c["ok"] else "[red]FAIL[/]")

@@ -54,6 +54,28 @@ class ModelSpec(_Strict):
     ignore_patterns: list[str] = Field(default_factory=list, description="huggingface_hub ignore_patterns")
 
 
+#: What ``serving.profile`` sets in llmapi mode (only keys the spec leaves unset). Source: TensorRT-LLM's per-GPU
+#: recipe database for DeepSeek-R1-0528 on H200 (FP8, TP 8 = EP 8, 1K in / 1K out), NVIDIA/TensorRT-LLM
+#: ``examples/configs/database/deepseek-ai/DeepSeek-R1-0528/H200/1k1k_tp8_conc256.yaml`` @ 355abaf0a4646afd52bee61957619039e2c59591
+#: (throughput: enable_attention_dp true, kv_cache_config {dtype: fp8, free_gpu_memory_fraction: 0.75},
+#: cuda_graph_config {enable_padding: true}, moe_config.backend CUTLASS, stream_interval 10) and
+#: ``.../1k1k_tp8_conc1.yaml`` @ 3105370ba2f2f7eafba58b42327fbbc0c6df8a20 (latency: speculative_config MTP with
+#: 3 draft tokens, kv fp8 at 0.8, attention DP off, the same CUDA graph / MoE / stream settings). Both use
+#: moe_expert_parallel_size = tensor_parallel_size (applied by :class:`Spec` when parallelism.moe_ep is unset).
+#: The recipes' ``attention_dp_config`` and ``print_iter_log`` are left out: attention_dp_config is not a field
+#: of TensorRT-LLM 1.0's TorchLlmArgs (dsv3ctl/data/contracts/llm_args.json); the MTP draft length is written
+#: as 1.0's ``num_nextn_predict_layers``. CUDA graphs go up to serving.max_batch_size (the recipes set it to
+#: the benchmark's concurrency).
+SERVING_PROFILES: dict[str, dict[str, Any]] = {
+    "throughput": {"serving": {"enable_attention_dp": True, "mtp_layers": 0, "kv_cache_free_gpu_mem_fraction": 0.75,
+                               "kv_cache_dtype": "fp8", "moe_backend": "CUTLASS", "stream_interval": 10},
+                   "expert_parallel": True},
+    "latency": {"serving": {"enable_attention_dp": False, "mtp_layers": 3, "kv_cache_free_gpu_mem_fraction": 0.8,
+                            "kv_cache_dtype": "fp8", "moe_backend": "CUTLASS", "stream_interval": 10},
+                "expert_parallel": True},
+}
+
+
 class ServingSpec(_Strict):
     """Runtime limits and Triton/TensorRT-LLM serving options."""
 
@@ -80,12 +102,36 @@ class ServingSpec(_Strict):
     frontend: Literal["tritonserver", "trtllm-serve"] = Field(
         "tritonserver", description="llmapi mode: serve through Triton's llmapi model or TensorRT-LLM's trtllm-serve"
     )
+    profile: Literal["throughput", "latency"] = Field(
+        "throughput", description="llmapi: TensorRT-LLM's published DeepSeek-R1 H200 recipe to start from "
+        "(throughput: attention DP + expert parallel, many users; latency: MTP, few users); explicit keys override it"
+    )
     mtp_layers: int = Field(0, ge=0, le=3, description="llmapi: MTP speculative decoding next-n layers (0 = off)")
     enable_attention_dp: bool = Field(False, description="llmapi: attention data parallelism")
-    cuda_graph_max_batch_size: int = Field(0, ge=0, description="llmapi: CUDA graphs up to this batch (0 = off)")
+    cuda_graph_max_batch_size: int | Literal["auto"] = Field(
+        "auto", description="llmapi: CUDA graphs (with padding) up to this batch; auto = max_batch_size, 0 = off"
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="llmapi: KV cache dtype (kv_cache_config.dtype; TensorRT-LLM's default auto = the model's)"
+    )
+    moe_backend: Literal["CUTLASS", "CUTEDSL", "WIDEEP", "TRTLLM", "DEEPGEMM", "VANILLA"] = Field(
+        "CUTLASS", description="llmapi: MoE backend (moe_config.backend)"
+    )
+    stream_interval: int = Field(1, ge=1, description="llmapi: iterations per streamed response")
     load_timeout_s: int = Field(
         3600, ge=60, description="Seconds a model load may take before the startup probe gives up (up to an hour)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """llmapi mode: every key of :data:`SERVING_PROFILES` ``[profile]`` the spec does not set itself."""
+        if not isinstance(data, dict) or data.get("mode") != "llmapi":
+            return data
+        profile = SERVING_PROFILES.get(data.get("profile", "throughput"))
+        if profile is None:
+            return data  # the Literal check names the field and the choices
+        return {**{k: v for k, v in profile["serving"].items() if k not in data}, **data}
 
     @model_validator(mode="after")
     def _limits(self) -> ServingSpec:
@@ -302,6 +348,23 @@ class Spec(_Strict):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
     _source: str | None = PrivateAttr(None)  # the file it was loaded from (None: the embedded default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_layout(cls, data: Any) -> Any:
+        """llmapi mode: the profiles' recipes put the routed experts in expert parallel over the tensor-parallel
+        group (moe_expert_parallel_size = tensor_parallel_size); applied only when parallelism.moe_ep is unset."""
+        if not isinstance(data, dict):
+            return data
+        srv, par = data.get("serving"), data.get("parallelism")
+        if not isinstance(srv, dict) or srv.get("mode") != "llmapi" or not (par is None or isinstance(par, dict)):
+            return data
+        profile = SERVING_PROFILES.get(srv.get("profile", "throughput"))
+        par = dict(par or {})
+        if profile and profile["expert_parallel"] and "moe_ep" not in par:
+            par["moe_ep"] = par.get("tp", ParallelismSpec.model_fields["tp"].default)
+            return {**data, "parallelism": par}
+        return data
 
     def command(self, verb: str) -> str:
         """``dsv3ctl <verb>`` for this same spec (with ``--spec FILE`` when it came from a file), for hints."""

@@ -40,24 +40,30 @@ EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWor
 #: (NVIDIA/TensorRT-LLM ``docs/source/release-notes.md`` @ 001eaece, 1.0 "BREAKING" notes; the image's
 #: llmapi target pins an NGC tritonserver whose TensorRT-LLM is >= 1.0).
 TRTLLM_LLMAPI_VERSION = "1.0.0"
-#: Top-level ``LlmArgs`` keys dsv3ctl writes, with the allowed sub-keys of nested configs (None = scalar).
-#: Source: NVIDIA/TensorRT-LLM ``tensorrt_llm/llmapi/llm_args.py`` (index copy @ fcd3f31682808ae5;
-#: ``CudaGraphConfig`` is a StrictBaseModel with batch_sizes/max_batch_size/enable_padding;
-#: ``MTPDecodingConfig`` decoding_type "MTP" + num_nextn_predict_layers; ``KvCacheConfig``
-#: free_gpu_memory_fraction/enable_block_reuse/dtype; ``SchedulerConfig`` capacity_scheduler_policy) and
-#: ``examples/models/core/deepseek_v3/README.md`` @ a98a9061 (the extra-llm-api-config.yml keys).
-LLMAPI_KEYS: dict[str, frozenset[str] | None] = {
-    "model": None, "backend": None, "tensor_parallel_size": None, "pipeline_parallel_size": None,
-    "moe_expert_parallel_size": None, "moe_tensor_parallel_size": None, "enable_attention_dp": None,
-    "max_batch_size": None, "max_num_tokens": None, "max_seq_len": None, "max_beam_width": None,
-    "trust_remote_code": None, "enable_chunked_prefill": None,
-    "kv_cache_config": frozenset({"free_gpu_memory_fraction", "enable_block_reuse", "dtype"}),
-    "scheduler_config": frozenset({"capacity_scheduler_policy"}),
-    "speculative_config": frozenset({"decoding_type", "num_nextn_predict_layers"}),
-    "cuda_graph_config": frozenset({"batch_sizes", "max_batch_size", "enable_padding"}),
-}
+def _llmapi_keys() -> dict[str, frozenset[str] | None]:
+    """Top-level ``TorchLlmArgs`` keys -> the sub-keys of a nested config (None = not a nested config), from the
+    contract data ``dsv3ctl/data/contracts/llm_args.json`` (read from TensorRT-LLM's ``llm_args.py``)."""
+    from dsv3ctl.core import contracts
+
+    keys: dict[str, set[str] | None] = {}
+    for name in contracts.load("llm_args").items:
+        top, _, sub = name.partition(".")
+        if sub:
+            nested = keys.get(top) or set()
+            nested.add(sub)
+            keys[top] = nested
+        else:
+            keys.setdefault(top, None)
+    return {k: (frozenset(v) if v is not None else None) for k, v in keys.items()}
+
+
+#: Every ``TorchLlmArgs`` key of :data:`TRTLLM_LLMAPI_VERSION` with the allowed sub-keys of the nested configs
+#: dsv3ctl writes (None = scalar or a config dsv3ctl does not write into).
+LLMAPI_KEYS: dict[str, frozenset[str] | None] = _llmapi_keys()
 #: Keys of Triton's llmapi model.yaml that the Python model consumes itself (not passed to ``LLM``).
-TRITON_YAML_KEYS = {"triton_config": frozenset({"max_batch_size", "decoupled"})}
+#: ``cancellation_check_period_ms``: how often the model polls ``request.is_cancelled()`` (TensorRT-LLM
+#: ``triton_backend/all_models/llmapi/tensorrt_llm/1/model.py``, default 100).
+TRITON_YAML_KEYS = {"triton_config": frozenset({"max_batch_size", "decoupled", "cancellation_check_period_ms"})}
 
 
 # --------------------------------------------------------------------------------------------- engine info
@@ -353,11 +359,21 @@ LLMAPI_OUTPUTS: list[_T] = [_t("text_output", "STRING", [-1]), _t("finish_reason
 
 
 def llm_api_args(spec: Spec, model_path: str) -> dict[str, Any]:
-    """LLM API arguments (``LlmArgs`` keys of :data:`TRTLLM_LLMAPI_VERSION`) for DeepSeek-V3 from the spec:
-    parallel sizes from ``spec.parallelism`` (moe_tp = tp / moe_ep), sizes and KV cache from
-    ``spec.serving``, MTP (``speculative_config``) when ``mtp_layers`` > 0, CUDA graphs up to
-    ``cuda_graph_max_batch_size`` (None disables them when 0), attention data parallelism."""
+    """LLM API arguments (``TorchLlmArgs`` keys of :data:`TRTLLM_LLMAPI_VERSION`) for DeepSeek-V3 from the spec,
+    whose llmapi keys already carry ``serving.profile`` (:data:`dsv3ctl.core.spec.SERVING_PROFILES`) where the
+    spec leaves them unset: parallel sizes from ``spec.parallelism`` (moe_tp = tp / moe_ep), sizes and KV cache
+    (``kv_cache_config.dtype`` from ``kv_cache_dtype``) from ``spec.serving``, MTP (``speculative_config``) when
+    ``mtp_layers`` > 0, attention data parallelism, ``moe_config.backend``, ``stream_interval``.
+
+    CUDA graphs: ``cuda_graph_config {enable_padding: true, max_batch_size: N}`` with N =
+    ``cuda_graph_max_batch_size`` (``auto``: ``max_batch_size``) (padding rounds a batch up to the next
+    captured size). ``cuda_graph_max_batch_size: 0`` writes ``cuda_graph_config: null``, which turns CUDA graphs
+    off: TorchLlmArgs' default is ``default_factory=CudaGraphConfig`` (on, up to 128, no padding), so the key is
+    never written as null otherwise (llm_args.json, item ``cuda_graph_config``)."""
     par, srv = spec.parallelism, spec.serving
+    kv: dict[str, Any] = {"free_gpu_memory_fraction": srv.kv_cache_free_gpu_mem_fraction,
+                          "enable_block_reuse": srv.enable_kv_cache_reuse, "dtype": srv.kv_cache_dtype}
+    graphs = srv.max_batch_size if srv.cuda_graph_max_batch_size == "auto" else int(srv.cuda_graph_max_batch_size)
     args: dict[str, Any] = {
         "model": model_path,
         "backend": "pytorch",
@@ -372,16 +388,12 @@ def llm_api_args(spec: Spec, model_path: str) -> dict[str, Any]:
         "max_beam_width": srv.max_beam_width,
         "trust_remote_code": True,
         "enable_chunked_prefill": srv.enable_chunked_context,
-        "kv_cache_config": {
-            "free_gpu_memory_fraction": srv.kv_cache_free_gpu_mem_fraction,
-            "enable_block_reuse": srv.enable_kv_cache_reuse,
-        },
+        "kv_cache_config": kv,
         "scheduler_config": {"capacity_scheduler_policy": srv.batch_scheduler_policy.upper()},
-        "cuda_graph_config": (
-            {"max_batch_size": srv.cuda_graph_max_batch_size, "enable_padding": True}
-            if srv.cuda_graph_max_batch_size > 0 else None
-        ),
+        "cuda_graph_config": {"enable_padding": True, "max_batch_size": graphs} if graphs > 0 else None,
     }
+    args["moe_config"] = {"backend": srv.moe_backend}
+    args["stream_interval"] = srv.stream_interval
     if srv.mtp_layers > 0:
         args["speculative_config"] = {"decoding_type": "MTP", "num_nextn_predict_layers": srv.mtp_layers}
     return args
