@@ -198,9 +198,11 @@ def llmapi_rank_argv(cfg: RankConfig, rank: int) -> list[str]:
     """``trtllm-llmapi-launch <server>`` for llmapi mode. The argv is the same on every rank (the wrapper
     decides what each rank runs); ``rank`` only selects the Python-backend shm prefix for tritonserver.
 
-    tritonserver does not get ``--disable-auto-complete-config`` here: the llmapi model's auto-complete copies
-    ``triton_config`` (max_batch_size, decoupled) from model.yaml into the model config
-    (tensorrtllm_backend ``all_models/llmapi/tensorrt_llm/1/model.py`` @ v0.19.0).
+    tritonserver does not get ``--disable-auto-complete-config`` here, as in tensorrtllm_backend's
+    ``docs/llmapi.md`` launch line (main @ 0b9d7d5a, line 105). It changes nothing for dsv3ctl's llmapi
+    model: that model has no ``auto_complete_config`` (upstream's copies ``triton_config`` from model.yaml);
+    its config.pbtxt states ``max_batch_size: 0`` and the decoupled policy itself
+    (:func:`dsv3ctl.render.model_repo.llmapi_files`).
     """
     if cfg.frontend == "trtllm-serve":
         server = [cfg.trtllm_serve, cfg.model_dir, "--host", "0.0.0.0", "--port", str(cfg.http_port),
