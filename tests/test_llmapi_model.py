@@ -194,6 +194,14 @@ def test_config_file_parameter_is_read(load, llmapi_repo):
     load_model(point)
     assert llm.INSTANCES[-1].args["max_batch_size"] == 3
     assert "triton_config" not in llm.INSTANCES[-1].args
+    # a key TensorRT-LLM 1.0 does not have fails the load, as LLM(**args) would
+    (src.parent / "bad.yaml").write_text(src.read_text() + "attention_dp_config: {enable_balance: true}\n")
+
+    def bad(cfg):
+        cfg.parameters["llm_config_file"].string_value = "bad.yaml"
+
+    with pytest.raises(TypeError, match="attention_dp_config"):
+        load_model(bad)
 
 
 def test_sampling_fields_exist_in_the_pinned_sampling_params():

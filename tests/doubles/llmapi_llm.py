@@ -85,7 +85,12 @@ class _Result:
 
 class LLM:
     def __init__(self, **llm_args: Any) -> None:
-        bad = contracts.load("llm_args").missing(sorted(llm_args))
+        c = contracts.load("llm_args")
+        names = list(llm_args)
+        for k, v in llm_args.items():  # nested configs are StrictBaseModel (extra=forbid) in TorchLlmArgs
+            if isinstance(v, dict) and any(n.startswith(k + ".") for n in c.items):
+                names += [f"{k}.{kk}" for kk in v]
+        bad = c.missing(names)
         if bad:
             raise TypeError(f"LLM got an unexpected argument {bad[0]!r} (not a TorchLlmArgs field)")
         self.args = llm_args
