@@ -262,6 +262,8 @@ class CastResult:
     seconds: float
     device: str
     workers: int
+    noop: bool = False
+    message: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -489,27 +491,98 @@ def _shard_done(dst: Path, sp: ShardPlan, rec: dict[str, Any] | None) -> bool:
         return f.read(len(sp.header)) == sp.header
 
 
-def resolve_device(device: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu. Raises SpecError for cuda without torch/GPU."""
+#: Compute capability the GPU path needs: Triton compiles ``tl.float8e4nv`` (the kernel's FP8 load) only when
+#: ``allow_fp8e4nv`` is set, i.e. on CUDA arch >= 89 (triton-lang/triton@f22c4a28
+#: python/triton/language/semantic.py, ``cast``: "fp8e4nv data type is not supported on CUDA arch < 89").
+MIN_CAPABILITY = (8, 9)
+
+
+def gpu_support() -> tuple[bool, str]:
+    """(usable, why) for the GPU path on CUDA device 0: torch imports, sees a GPU, has ``float8_e4m3fn``, and
+    the GPU's compute capability is at least :data:`MIN_CAPABILITY`. ``why`` names what is missing."""
+    try:
+        import torch
+    except Exception as err:  # noqa: BLE001 - torch absent or broken
+        return False, f"torch is not importable ({type(err).__name__}: {err})"
+    try:
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA GPU"
+        cap = tuple(torch.cuda.get_device_capability(0))
+        name = str(torch.cuda.get_device_name(0))
+    except Exception as err:  # noqa: BLE001 - driver problems
+        return False, f"CUDA is not usable ({type(err).__name__}: {err})"
+    if not hasattr(torch, "float8_e4m3fn"):
+        return False, f"torch {getattr(torch, '__version__', '?')} has no float8_e4m3fn dtype (torch >= 2.1 needed)"
+    if cap < MIN_CAPABILITY:
+        return False, (f"GPU 0 ({name}) has compute capability {cap[0]}.{cap[1]}; the FP8 cast kernel needs "
+                       f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell)")
+    return True, f"{name}, compute capability {cap[0]}.{cap[1]}"
+
+
+def resolve_device(device: str, log: Callable[[str], None] | None = None) -> str:
+    """auto -> cuda when :func:`gpu_support` says the GPU path works, else cpu (with a one-line notice when a
+    GPU is visible but unusable). Raises SpecError for an unknown device and for cuda when it does not work."""
     if device not in ("auto", "cpu", "cuda"):
         raise SpecError(f"--device {device!r}: use auto, cpu or cuda")
     if device == "cpu":
         return "cpu"
-    try:
-        import torch
+    ok, why = gpu_support()
+    if ok:
+        return "cuda"
+    if device == "cuda":
+        raise SpecError(f"--device cuda: {why}", "use --device cpu (or --device auto, which falls back to it)")
+    if log and ("compute capability" in why or "float8" in why or "CUDA is not usable" in why):
+        log(f"notice: {why}; casting on the CPU instead")
+    return "cpu"
 
-        has = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - torch absent or broken
-        has = False
-    if device == "cuda" and not has:
-        raise SpecError("--device cuda: torch with a visible CUDA GPU is needed (pip install torch); "
-                        "use --device cpu")
-    return "cuda" if has else "cpu"
+
+@dataclass
+class SourceCheck:
+    """Result of :func:`check_source`: the verified report, or ``noop`` (with ``message``) when SRC is BF16."""
+
+    precision: str
+    tensors: int
+    noop: bool = False
+    message: str = ""
+
+
+def check_source(src: str | Path, dst: str | Path, strict: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> SourceCheck:
+    """Every check on SRC that can fail, before anything is written: DST not inside SRC; config.json present and
+    a DeepSeek-V3-family config (SpecError, exit 2); the index readable and every tensor the architecture
+    predicts present in its shard with the right dtype and shape, shards complete (RuntimeFailure, exit 1);
+    recorded checksums (``.dsv3ctl/checksums.json``) match (exit 1); the checkpoint is FP8. A BF16 source is a
+    no-op (``noop``), or SpecError with ``strict``."""
+    from dsv3ctl.core.checkpoint import load_checksums, verify_checkpoint
+
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if not s.is_dir():
+        raise SpecError(f"SRC {src}: not a directory; pass the FP8 checkpoint directory")
+    if s == d or s in d.parents:
+        raise SpecError(f"DST {dst} is inside SRC {src}; choose a directory next to it, e.g. {s.name}-bf16")
+    recorded = load_checksums(s) is not None
+    rep = verify_checkpoint(s, checksums=recorded, progress=progress)
+    if not rep.ok:
+        probs = rep.missing + rep.extra + rep.malformed + rep.index_problems + rep.shard_problems + rep.checksum_problems
+        what = (f"{len(rep.missing)} missing, {len(rep.extra)} extra, {len(rep.malformed)} malformed tensors, "
+                f"{len(rep.index_problems) + len(rep.shard_problems)} index/shard problems, "
+                f"{len(rep.checksum_problems)} checksum mismatches")
+        fix = ("rerun `dsv3ctl weights download` (it deletes and fetches bad files again)" if rep.checksum_problems
+               else f"run `dsv3ctl weights verify {src}` and download the reported files again")
+        raise RuntimeFailure(f"SRC {src} does not verify ({what}; first: {'; '.join(probs[:3])}); nothing was written",
+                             fix)
+    if rep.precision == "fp8":
+        return SourceCheck("fp8", rep.found_tensors)
+    msg = f"SRC {src} is already a {rep.precision} checkpoint ({rep.found_tensors} tensors): nothing to cast"
+    if strict or rep.precision != "bf16":
+        raise SpecError(msg, "pass the FP8 checkpoint as SRC" + ("" if strict else "; a BF16 one is served as is"))
+    return SourceCheck(rep.precision, rep.found_tensors, noop=True,
+                       message=msg + f"; serve or convert {src} directly")
 
 
 def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", workers: int = 0,
                     chunk_bytes: int = CHUNK_BYTES, checksums: bool = True, progress: Callable[[int, int], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> CastResult:
+                    log: Callable[[str], None] | None = None, strict: bool = False) -> CastResult:
     """Cast the FP8 checkpoint SRC into a BF16 checkpoint DST (see the module docstring).
 
     ``workers`` 0 = auto (CPU: os.cpu_count() up to 8; GPU: 4). ``checksums`` hashes every output shard
@@ -517,15 +590,24 @@ def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", work
     keeps sizes only and the cast is faster on small CPUs. ``progress(done_bytes, total_bytes)`` counts input
     payload bytes. Returns a :class:`CastResult`. Raises SpecError for bad arguments, RuntimeFailure for
     corrupt input or I/O errors (finished shards stay; a rerun resumes).
+
+    Before anything is written: :func:`resolve_device` (capability), :func:`check_source` (config, inventory,
+    checksums, FP8). A BF16 source returns at once with ``noop`` set (SpecError with ``strict``).
     """
     t0 = time.perf_counter()
-    dev = resolve_device(device)
+    dev = resolve_device(device, log)
     if dev == "cpu":
         try:
             import ml_dtypes  # noqa: F401
             import numpy  # noqa: F401
         except ImportError:
             raise SpecError("the CPU cast needs numpy and ml_dtypes (pip install 'dsv3ctl[weights]')") from None
+    chk = check_source(src, dst, strict=strict)
+    if chk.noop:
+        if log:
+            log(chk.message)
+        return CastResult(str(Path(dst)), 0, 0, 0, 0, 0, time.perf_counter() - t0, dev, 0, noop=True,
+                          message=chk.message)
     plan = plan_cast(src, dst)
     nworkers = workers or (min(os.cpu_count() or 1, 8) if dev == "cpu" else 4)
     dst_p = plan.dst

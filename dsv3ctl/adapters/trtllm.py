@@ -331,6 +331,21 @@ def _dir_bytes(d: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in d.glob(pattern) if p.is_file())
 
 
+def check_recorded_checksums(pf: Preflight, model_dir: Path) -> None:
+    """Error ``checksums`` when ``model_dir/.dsv3ctl/checksums.json`` lists a file whose size or sha256 does not
+    match (hashing only files not verified since their last change: ``verify_checksums``). A checkpoint without
+    recorded checksums (not downloaded or cast by dsv3ctl) is checked by its structure only."""
+    from dsv3ctl.core.checkpoint import load_checksums, verify_checksums
+
+    if load_checksums(model_dir) is None:
+        return
+    res = verify_checksums(model_dir)
+    if res.problems:
+        pf.error("checksums", f"{model_dir}: {len(res.problems)} file(s) do not match their recorded checksums "
+                 f"(first: {'; '.join(res.problems[:3])})",
+                 "rerun `dsv3ctl weights download` (it deletes and fetches them again) or re-cast the checkpoint")
+
+
 def preflight_convert(spec: Spec, model_dir: Path, out: Path, workers: int, python: str, script: str, *,
                       probe: Callable[[str], dict[str, Any]] | None = None,
                       caps: Callable[[], list[tuple[str, str]] | None] | None = None,
@@ -374,6 +389,7 @@ def preflight_convert(spec: Spec, model_dir: Path, out: Path, workers: int, pyth
         pf.input_hash = sha256_file(idx) if idx.is_file() else ""
         pf.input_bytes = sum((model_dir / s).stat().st_size for s in load_index(model_dir).shards
                              if (model_dir / s).is_file())
+        check_recorded_checksums(pf, model_dir)
     _check_trtllm(pf, python, probe)
     _check_gpu(pf, required=False, caps=caps)
     if os.environ.get("TRTLLM_DISABLE_UNIFIED_CONVERTER"):
