@@ -329,12 +329,15 @@ class _Pipe:
     come from a small pool (``take``) and go back to it once written, so at most ``nbuf`` chunks are in
     flight and no buffer is reused before its bytes are in the file. Order of writes is preserved."""
 
-    def __init__(self, w: _Writer, nbuf: int = 2) -> None:
+    def __init__(self, w: _Writer, nbuf: int = 2, buffers: list[Any] | None = None) -> None:
         self.w = w
         self.q: queue.Queue[Any] = queue.Queue()
         self.free: queue.Queue[Any] = queue.Queue()
-        self.nbuf = nbuf
+        self.nbuf = len(buffers) if buffers else nbuf
         self.made = 0
+        for b in buffers or []:  # caller-owned (pinned) buffers: the pool never grows beyond them
+            self.free.put(b)
+            self.made += 1
         self.err: BaseException | None = None
         self.t = threading.Thread(target=self._run, name=f"cast-write-{w.final.name}", daemon=True)
         self.t.start()
@@ -382,6 +385,53 @@ class _Pipe:
         self._check()
 
 
+GPU_OUT_BUFFERS = 3  # pinned output buffers per GPU worker (the writer's pool): bounds the chunks in flight
+
+
+class _GpuStaging:
+    """One GPU worker thread's host staging, allocated once and reused for every chunk of every shard it casts:
+    a CUDA stream, one pinned input buffer (file bytes are read straight into it) and :data:`GPU_OUT_BUFFERS`
+    pinned output buffers that the writer thread hands back once written. Host memory per worker is therefore
+    fixed: ``in_bytes + GPU_OUT_BUFFERS * out_bytes`` (16 MiB + 3 x 32 MiB with the default chunk), whatever
+    the shard size. A buffer grows (is replaced) only when a chunk does not fit."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+        self.inp: Any = None  # pinned torch uint8 [in_bytes]
+        self.inp_np: Any = None
+        self.outs: list[Any] = []  # pinned torch uint8 [out_bytes]
+        self.outs_np: list[Any] = []
+
+    def _pinned(self, n: int) -> Any:
+        return self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
+
+    def reserve(self, in_bytes: int, out_bytes: int) -> None:
+        if self.inp is None or self.inp.numel() < in_bytes:
+            self.inp = self._pinned(in_bytes)
+            self.inp_np = self.inp.numpy()
+        if not self.outs or self.outs[0].numel() < out_bytes:
+            self.outs = [self._pinned(out_bytes) for _ in range(GPU_OUT_BUFFERS)]
+            self.outs_np = [t.numpy() for t in self.outs]
+
+    def tensor_of(self, buf: Any) -> Any:
+        """The pinned torch tensor behind a pool buffer (a plain numpy array when the pool had to grow)."""
+        for t, a in zip(self.outs, self.outs_np, strict=True):
+            if a is buf:
+                return t
+        return self.torch.from_numpy(buf)
+
+
+_STAGING = threading.local()
+
+
+def _staging(torch: Any) -> _GpuStaging:
+    st = getattr(_STAGING, "gpu", None)
+    if st is None:
+        st = _STAGING.gpu = _GpuStaging(torch)
+    return st
+
+
 def _scale_reader(plan: CastPlan, idx_map: dict[str, str]) -> Callable[[str], Any]:
     headers: dict[str, Any] = {}
     lock = threading.Lock()
@@ -406,14 +456,17 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
 
     src_h = read_header(plan.src / sp.name)
     w = _Writer(plan.dst / sp.name, hash_)
-    pipe = _Pipe(w)
+    gpu = TorchDequant() if device != "cpu" else None
+    st: _GpuStaging | None = None
+    if gpu is not None:
+        st = _staging(gpu.torch)
+        in_need = max((min(m, _chunk_rows(n, chunk_bytes)) * n for t in sp.tensors if t.op == "cast"
+                       for m, n in [t.src.shape]), default=0)
+        st.reserve(max(in_need, 1), max(2 * in_need, COPY_CHUNK))
+    pipe = _Pipe(w, buffers=st.outs_np if st is not None else None)
     try:
         pipe.put(sp.header)
         cpu = CpuDequant() if device == "cpu" else None
-        gpu = TorchDequant() if device != "cpu" else None
-        stream = None
-        if gpu is not None:
-            stream = gpu.torch.cuda.Stream()
         inbuf: Any = None  # one reused input buffer: a chunk is consumed before the next read
         with (plan.src / sp.name).open("rb", buffering=0) as f:
             for t in sp.tensors:
@@ -428,14 +481,14 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
                     continue
                 m, n = t.src.shape
                 s = get_scale(t.scale_name)  # type: ignore[arg-type]
-                rows = max(BLOCK, (chunk_bytes // max(n, 1)) // BLOCK * BLOCK)
+                rows = _chunk_rows(n, chunk_bytes)
                 for r0 in range(0, m, rows):
                     r = min(rows, m - r0)
-                    if inbuf is None or inbuf.size < r * n:
-                        inbuf = np.empty(max(r * n, rows * n), np.uint8)
-                    wu8 = _read_exact(f, base + r0 * n, r * n, inbuf)[:r * n].reshape(r, n)
                     srows = s[r0 // BLOCK: r0 // BLOCK + ceil_div(r, BLOCK)]
                     if cpu is not None:
+                        if inbuf is None or inbuf.size < r * n:
+                            inbuf = np.empty(max(r * n, rows * n), np.uint8)
+                        wu8 = _read_exact(f, base + r0 * n, r * n, inbuf)[:r * n].reshape(r, n)
                         buf = pipe.take(2 * r * n)
                         out = buf[:2 * r * n].view(np.uint16).reshape(r, n)
                         cpu(wu8, srows, out)
@@ -444,13 +497,17 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
                         else:  # safetensors is little-endian
                             pipe.put(out.astype("<u2"), buf)
                     else:
-                        torch = gpu.torch  # type: ignore[union-attr]
-                        with torch.cuda.stream(stream):
-                            xin = torch.from_numpy(wu8).pin_memory().to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
-                            sin = torch.from_numpy(np.ascontiguousarray(srows)).to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
-                            y = gpu(xin, sin)  # type: ignore[misc]
-                            host = y.view(torch.int16).to("cpu")
-                        pipe.put(host.numpy())  # a fresh host tensor per chunk: nothing to recycle
+                        assert st is not None and gpu is not None
+                        torch = gpu.torch
+                        _read_exact(f, base + r0 * n, r * n, st.inp_np)  # straight into pinned memory
+                        buf = pipe.take(2 * r * n)  # blocks while the writer holds every pinned buffer
+                        host = st.tensor_of(buf)[:2 * r * n].view(torch.bfloat16).view(r, n)
+                        with torch.cuda.stream(st.stream):
+                            xin = st.inp[:r * n].view(r, n).to(gpu.device, non_blocking=True)
+                            sin = torch.from_numpy(np.ascontiguousarray(srows)).to(gpu.device, non_blocking=True)
+                            host.copy_(gpu(xin, sin), non_blocking=True)
+                        st.stream.synchronize()  # input buffer free again, output bytes on the host
+                        pipe.put(buf[:2 * r * n], buf)
                     progress(r * n)
         pipe.close()
         if w.n != sp.size:
@@ -465,6 +522,11 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
             pass
         w.abort()
         raise
+
+
+def _chunk_rows(n: int, chunk_bytes: int) -> int:
+    """Rows per chunk of an FP8 [M, n] weight: a multiple of 128 holding about ``chunk_bytes`` (at least 128)."""
+    return max(BLOCK, (chunk_bytes // max(n, 1)) // BLOCK * BLOCK)
 
 
 def _load_manifest(dst: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
