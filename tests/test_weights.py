@@ -441,3 +441,61 @@ def test_gpu_below_sm89_falls_back_to_cpu_or_is_exit_2(synth, tmp_path, cap):
     assert cp.returncode == 2, cp.stderr
     assert "--device cuda: GPU 0 (Stand-in A100) has compute capability 8.0" in cp.stderr
     assert "--device cpu" in cp.stderr and "Traceback" not in cp.stderr and not (tmp_path / "cuda").exists()
+
+
+# --------------------------------------------------------------------------------------- memory-aware long steps
+
+
+def _fake_host(tmp_path: Path, meminfo_gib: float, cgroup: dict[str, str] | None, v1: bool = False) -> tuple[Path, Path]:
+    proc, cg = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 999999999 kB\nMemAvailable: {int(meminfo_gib * 1024 * 1024)} kB\n")
+    (proc / "self" / "cgroup").write_text("9:memory:/kubepods/pod1/c1\n" if v1 else "0::/kubepods/pod1/c1\n")
+    d = cg / ("memory" if v1 else "") / "kubepods" / "pod1" / "c1"
+    d.mkdir(parents=True)
+    for k, v in (cgroup or {}).items():
+        (d / k).write_text(v + "\n")
+    return proc, cg
+
+
+def test_memory_budget_is_the_smaller_of_meminfo_and_the_cgroup(tmp_path):
+    from dsv3ctl.adapters.sysmem import GIB, budget
+
+    proc, cg = _fake_host(tmp_path / "a", 64, {"memory.max": str(8 * GIB), "memory.current": str(3 * GIB),
+                                                "memory.stat": f"anon 1\ninactive_file {GIB}\n"})
+    b = budget(proc, cg)
+    assert (b.available, b.cgroup_limit, b.meminfo_available) == (6 * GIB, 8 * GIB, 64 * GIB)
+    assert b.source.startswith("cgroup v2") and b.source.endswith("kubepods/pod1/c1")
+    proc, cg = _fake_host(tmp_path / "b", 4, {"memory.max": "max", "memory.current": str(GIB)})
+    assert budget(proc, cg).available == 4 * GIB and budget(proc, cg).source == "MemAvailable"
+    proc, cg = _fake_host(tmp_path / "c", 64, {"memory.limit_in_bytes": str(16 * GIB),
+                                                "memory.usage_in_bytes": str(12 * GIB),
+                                                "memory.stat": f"total_inactive_file {2 * GIB}\n"}, v1=True)
+    assert budget(proc, cg).available == 6 * GIB and budget(proc, cg).source.startswith("cgroup v1")
+
+
+def test_cast_workers_are_capped_by_the_memory_budget(synth, tmp_path, monkeypatch):
+    from dsv3ctl.adapters import cast, sysmem
+
+    per = cast.worker_bytes("cpu")
+    monkeypatch.setattr(sysmem, "budget", lambda: sysmem.MemoryBudget(2 * per + 1, 64 << 30, 2 * per + 1,
+                                                                       2 * per + 1, "cgroup v2 /x"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    logs: list[str] = []
+    res = cast_checkpoint(synth, tmp_path / "bf16", device="cpu", log=logs.append)
+    assert res.workers == 2 and any(m.startswith("workers capped from 8 to 2") and "cgroup v2 /x" in m for m in logs)
+
+
+def test_a_step_killed_by_sigkill_names_the_oom_killer_the_estimate_and_the_flag(tmp_path):
+    from dsv3ctl.adapters import trtllm
+    from dsv3ctl.core.spec import Spec
+    from dsv3ctl.errors import RuntimeFailure
+
+    pf = trtllm.Preflight("convert", workers=4, mem_per_worker=3 << 30)
+    argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(RuntimeFailure) as e:
+        trtllm.run_step("convert", Spec(), tmp_path / "ckpt", argv, pf, lambda d, s: [], ".safetensors",
+                        lambda _m: None)
+    msg = e.value.message
+    assert "exited with status -9" in msg and "killed by SIGKILL: the kernel's OOM killer is the likely cause" in msg
+    assert "about 12.0 GiB" in msg and "lower it with --workers 2" in msg

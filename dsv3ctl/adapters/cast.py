@@ -642,12 +642,40 @@ def check_source(src: str | Path, dst: str | Path, strict: bool = False,
                        message=msg + f"; serve or convert {src} directly")
 
 
+def worker_bytes(device: str, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Host memory of one cast worker, in bytes: CPU 5 x ``chunk_bytes`` (input + two BF16 output buffers) + the
+    index scratch; GPU the pinned staging of :class:`_GpuStaging` (input + :data:`GPU_OUT_BUFFERS` outputs).
+    Plus 64 MiB per worker for headers, scales and the interpreter's own allocations."""
+    if device == "cpu":
+        per = 5 * chunk_bytes + (1 << 20)
+    else:
+        per = chunk_bytes + GPU_OUT_BUFFERS * max(2 * chunk_bytes, COPY_CHUNK)
+    return per + (64 << 20)
+
+
+def _auto_workers(device: str, chunk_bytes: int, log: Callable[[str], None] | None) -> int:
+    """CPU: os.cpu_count() up to 8; GPU: 4; capped so that workers x :func:`worker_bytes` fit the memory budget
+    (the smaller of MemAvailable and the cgroup limit: :func:`dsv3ctl.adapters.sysmem.budget`)."""
+    from dsv3ctl.adapters.sysmem import budget
+
+    want = min(os.cpu_count() or 1, 8) if device == "cpu" else 4
+    b = budget()
+    per = worker_bytes(device, chunk_bytes)
+    if b.available and b.available // per < want:
+        fits = max(1, int(b.available // per))
+        if log:
+            log(f"workers capped from {want} to {fits}: each needs about {per / (1 << 20):.0f} MiB, "
+                f"{b.available / (1 << 30):.1f} GiB available ({b.source})")
+        return fits
+    return want
+
+
 def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", workers: int = 0,
                     chunk_bytes: int = CHUNK_BYTES, checksums: bool = True, progress: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] | None = None, strict: bool = False) -> CastResult:
     """Cast the FP8 checkpoint SRC into a BF16 checkpoint DST (see the module docstring).
 
-    ``workers`` 0 = auto (CPU: os.cpu_count() up to 8; GPU: 4). ``checksums`` hashes every output shard
+    ``workers`` 0 = auto (:func:`_auto_workers`: CPU os.cpu_count() up to 8, GPU 4, capped by memory). ``checksums`` hashes every output shard
     while writing (sha256 into ``.dsv3ctl/checksums.json`` for ``verify --checksums``); off, the manifest
     keeps sizes only and the cast is faster on small CPUs. ``progress(done_bytes, total_bytes)`` counts input
     payload bytes. Returns a :class:`CastResult`. Raises SpecError for bad arguments, RuntimeFailure for
@@ -671,7 +699,7 @@ def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", work
         return CastResult(str(Path(dst)), 0, 0, 0, 0, 0, time.perf_counter() - t0, dev, 0, noop=True,
                           message=chk.message)
     plan = plan_cast(src, dst)
-    nworkers = workers or (min(os.cpu_count() or 1, 8) if dev == "cpu" else 4)
+    nworkers = workers or _auto_workers(dev, chunk_bytes, log)
     dst_p = plan.dst
     dst_p.mkdir(parents=True, exist_ok=True)
     for stray in dst_p.glob("." + "*" + PARTIAL_SUFFIX):

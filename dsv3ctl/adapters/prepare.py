@@ -166,7 +166,11 @@ def _run(step: Step) -> dict[str, Any]:
             doc = None
         if isinstance(doc, dict) and doc.get("error"):
             last.append(f"error: {doc['error']}" + (f" (fix: {doc['hint']})" if doc.get("hint") else ""))
+        from dsv3ctl.adapters.sysmem import killed_message
+
+        killed = killed_message(rc, f"prepare step {step.name!r}", None, f"`{step.command()} --workers N` (fewer)")
         msg = (f"prepare step {step.name!r} failed (exit {rc}): {step.command()}"
+               + (f"\n  {killed}" if killed else "")
                + (":\n  " + "\n  ".join(last) if last else ""))
         hint = "fix the cause and rerun `dsv3ctl launch prepare` (finished steps are skipped); or run the step by hand"
         raise (SpecError if rc == 2 else RuntimeFailure)(msg, hint)

@@ -136,14 +136,11 @@ class Preflight:
 
 # ------------------------------------------------------------------------------------------ measuring
 def mem_available() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 when unreadable)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """Host memory the step may use, in bytes: the smaller of MemAvailable and what the memory cgroup still
+    allows (:func:`dsv3ctl.adapters.sysmem.budget`); 0 when unreadable."""
+    from dsv3ctl.adapters.sysmem import available_bytes
+
+    return available_bytes()
 
 
 def free_disk(path: str | Path) -> int:
@@ -570,6 +567,16 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def killed_note(step: str, rc: int, pf: Preflight) -> str:
+    """``"; <why>"`` when ``rc`` means SIGKILL (the OOM killer, the estimate ``workers x mem_per_worker`` and
+    the ``--workers`` value that halves it), else ``""``."""
+    from dsv3ctl.adapters.sysmem import killed_message
+
+    need = pf.workers * pf.mem_per_worker if pf.mem_per_worker else None
+    msg = killed_message(rc, f"{step} ({pf.workers} workers)", need, f"--workers {max(1, pf.workers // 2)}")
+    return f"; {msg}" if msg else ""
+
+
 def run_step(step: str, spec: Spec, out: Path, argv: list[str], pf: Preflight, validate: Callable[[Path, Spec], list[str]],
              suffix: str, log: Log, force: bool = False) -> RunResult:
     """Run one step (``convert`` or ``build-engine``) idempotently; ``argv`` must write into
@@ -605,7 +612,8 @@ def run_step(step: str, spec: Spec, out: Path, argv: list[str], pf: Preflight, v
     rc = stream(argv, log_path, log, tmp, suffix, spec.parallelism.world_size, env=env)
     secs = time.monotonic() - t0
     if rc != 0:
-        raise RuntimeFailure(f"{step}: {Path(argv[0]).name} exited with status {rc} after {secs:.0f}s; log: {log_path}",
+        raise RuntimeFailure(f"{step}: {Path(argv[0]).name} exited with status {rc} after {secs:.0f}s; log: {log_path}"
+                             + killed_note(step, rc, pf),
                              f"fix the cause shown in the log and rerun (the partial output {tmp} is removed then)")
     probs = validate(tmp, spec)
     if probs:
