@@ -6,7 +6,7 @@ How huggingface_hub 2.4.0 behaves (``huggingface_hub/file_download.py`` and ``_l
 
 - ``hf_hub_download(local_dir=...)`` returns a local file without reading it when its download metadata
   (``<dir>/.cache/huggingface/download/<path>.metadata``: commit, etag, timestamp) records the requested commit
-  (file_download.py:1343-1360) or the same etag (file_download.py:1431), so a shard with the right size and the
+  (file_download.py:1342-1360) or the same etag (file_download.py:1431), so a shard with the right size and the
   wrong bytes is never fetched again by it: dsv3ctl deletes such a file *and* its metadata.
 - It downloads into a process-unique ``<hash>.<etag>.<uuid8>.incomplete`` opened with ``"wb"``
   (file_download.py:2004-2046) and deletes it on failure, so a killed process leaves that file behind and no
@@ -19,7 +19,7 @@ How huggingface_hub 2.4.0 behaves (``huggingface_hub/file_download.py`` and ``_l
 - The URL, etag and size come from ``get_hf_file_metadata`` (HEAD ``/<repo>/resolve/<commit>/<path>``;
   file_download.py:1618-1690): ``X-Linked-Etag`` (the LFS sha256) or ``ETag``, ``X-Linked-Size`` or
   ``Content-Length``, ``X-Repo-Commit``, and ``Location`` after a redirect; the authorization header is not sent to
-  another host (file_download.py:1817-1822). After the transfer, dsv3ctl hashes the file, and only a matching file
+  another host (file_download.py:1818-1822). After the transfer, dsv3ctl hashes the file, and only a matching file
   is renamed into place and gets huggingface_hub's download metadata (``write_download_metadata``,
   _local_folder.py:432), so ``hf_hub_download`` treats it as present.
 - Small (non-LFS) files go through ``hf_hub_download`` unchanged.
