@@ -34,7 +34,9 @@ become a RuntimeFailure naming the endpoint and the fix, never a traceback.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,13 +250,14 @@ def _fetch_lfs(repo: str, commit: str, f: RemoteFile, out: Path, token: str | No
 
 
 def fetch(repo: str, commit: str, files: list[RemoteFile], out: Path, token: str | None, log: Log,
-          progress: Callable[[int, int], None] | None = None) -> FetchResult:
+          progress: Callable[[int, int], None] | None = None, workers: int = 8) -> FetchResult:
     """Bring every file of ``files`` (from :func:`remote_files`, already filtered) into ``out`` at ``commit``.
 
     The manifest ``out/.dsv3ctl/checksums.json`` must already list them (the CLI writes it first). LFS files
     already present with the hub's size are checked against their sha256 (cached by size + mtime:
     :func:`dsv3ctl.core.checkpoint.verify_checksums`); a mismatch is deleted with its metadata and fetched again.
-    Missing or partial LFS files are transferred with range requests from their last byte. Raises
+    Missing or partial LFS files are transferred with range requests from their last byte, ``workers`` (8, as
+    huggingface_hub's ``snapshot_download`` default ``max_workers``, _snapshot_download.py:63) at a time. Raises
     RuntimeFailure (exit 1) for hub/network errors (rerun resumes)."""
     from huggingface_hub import hf_hub_download
 
@@ -270,20 +273,33 @@ def fetch(repo: str, commit: str, files: list[RemoteFile], out: Path, token: str
             _drop_local(out, rel)
             res.refetched.append(rel)
         res.present = [r for r in present if r not in chk.bad]
-    with _hub_errors(f"download of {repo}@{commit[:12]} into {out}", resume_hint=True):
-        for f in files:
-            if f.path in res.present:
-                continue
-            if not f.sha256:
-                hf_hub_download(repo_id=repo, filename=f.path, revision=commit, local_dir=str(out), token=token)
-                continue
-            have, ok = _fetch_lfs(repo, commit, f, out, token)
+    lock = threading.Lock()
+
+    def one(f: RemoteFile) -> None:
+        if not f.sha256:
+            hf_hub_download(repo_id=repo, filename=f.path, revision=commit, local_dir=str(out), token=token)
+            return
+        have, ok = _fetch_lfs(repo, commit, f, out, token)
+        with lock:
             res.fetched.append(f.path)
             if have:
                 res.resumed[f.path] = have
-                log(f"{f.path}: resumed at byte {have:,} of {f.size:,}")
             if not ok:
                 res.rejected.append(f.path)
-                log(f"{f.path}: the transferred bytes do not match the hub's sha256 {f.sha256}; deleted, the next "
-                    "run fetches it again")
+        if have:
+            log(f"{f.path}: resumed at byte {have:,} of {f.size:,}")
+        if not ok:
+            log(f"{f.path}: the transferred bytes do not match the hub's sha256 {f.sha256}; deleted, the next "
+                "run fetches it again")
+
+    todo = [f for f in files if f.path not in res.present]
+    with _hub_errors(f"download of {repo}@{commit[:12]} into {out}", resume_hint=True):
+        small = [f for f in todo if not f.sha256]
+        for f in small:  # config, tokenizer, code: small, one at a time
+            one(f)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+            for fu in [ex.submit(one, f) for f in todo if f.sha256]:
+                fu.result()
+    res.fetched.sort()
+    res.rejected.sort()
     return res
