@@ -672,7 +672,8 @@ def _auto_workers(device: str, chunk_bytes: int, log: Callable[[str], None] | No
 
 def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", workers: int = 0,
                     chunk_bytes: int = CHUNK_BYTES, checksums: bool = True, progress: Callable[[int, int], None] | None = None,
-                    log: Callable[[str], None] | None = None, strict: bool = False) -> CastResult:
+                    log: Callable[[str], None] | None = None, strict: bool = False,
+                    hash_progress: Callable[[int, int], None] | None = None) -> CastResult:
     """Cast the FP8 checkpoint SRC into a BF16 checkpoint DST (see the module docstring).
 
     ``workers`` 0 = auto (:func:`_auto_workers`: CPU os.cpu_count() up to 8, GPU 4, capped by memory). ``checksums`` hashes every output shard
@@ -682,7 +683,8 @@ def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", work
     corrupt input or I/O errors (finished shards stay; a rerun resumes).
 
     Before anything is written: :func:`resolve_device` (capability), :func:`check_source` (config, inventory,
-    checksums, FP8). A BF16 source returns at once with ``noop`` set (SpecError with ``strict``).
+    checksums, FP8; ``hash_progress(done, total)`` while hashing files not yet verified). A BF16 source returns at
+    once with ``noop`` set (SpecError with ``strict``).
     """
     t0 = time.perf_counter()
     dev = resolve_device(device, log)
@@ -692,7 +694,7 @@ def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", work
             import numpy  # noqa: F401
         except ImportError:
             raise SpecError("the CPU cast needs numpy and ml_dtypes (pip install 'dsv3ctl[weights]')") from None
-    chk = check_source(src, dst, strict=strict)
+    chk = check_source(src, dst, strict=strict, progress=hash_progress)
     if chk.noop:
         if log:
             log(chk.message)

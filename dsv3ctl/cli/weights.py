@@ -49,8 +49,11 @@ def verify(
     dtype and shape and nothing else. Exit 0 when sound, 1 when anything is missing/extra/malformed."""
     from dsv3ctl.core.checkpoint import verify_checkpoint
 
-    rep = verify_checkpoint(directory, checksums=checksums).to_json()
-    Sink(output).emit(rep, _report_human(rep))
+    sink = Sink(output)
+    prog, cb = _hash_progress(sink, "sha256")
+    with prog:
+        rep = verify_checkpoint(directory, checksums=checksums, progress=cb).to_json()
+    sink.emit(rep, _report_human(rep))
     if not rep["ok"]:
         raise typer.Exit(1)
 
@@ -76,12 +79,16 @@ def cast_bf16(
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=sink.err, transient=True, disable=sink.json) as prog:
         task = prog.add_task("casting", total=None)
+        htask = prog.add_task("sha256 of SRC", total=None, visible=False)
 
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
+        def hashing(done: int, total: int) -> None:
+            prog.update(htask, completed=done, total=total, visible=done < total)
+
         res = cast_checkpoint(src, dst, device=device, workers=workers, checksums=checksums, progress=progress,
-                              log=sink.info, strict=strict)
+                              log=sink.info, strict=strict, hash_progress=hashing)
     if res.noop:
         sink.emit(res.to_json(), lambda con: None)
         return
