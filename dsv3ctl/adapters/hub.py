@@ -264,8 +264,8 @@ def fetch(repo: str, commit: str, files: list[RemoteFile], out: Path, token: str
     res = FetchResult()
     out.mkdir(parents=True, exist_ok=True)
     lfs = [f for f in files if f.sha256]
-    _tidy_partials(out, lfs, res, log)
     present = [f.path for f in lfs if (out / f.path).is_file() and (out / f.path).stat().st_size == f.size]
+    _tidy_partials(out, [f for f in lfs if f.path not in present], res, log)  # a complete file needs no partial
     if present:
         chk = verify_checksums(out, progress=progress, only=present)
         for rel in chk.bad:
