@@ -166,24 +166,30 @@ def test_cast_is_bit_exact_against_independent_reference(synth, tmp_path, run_cl
     assert (dst / "README.md").read_text() == (synth / "README.md").read_text()
 
 
-def test_cast_known_values_round_to_nearest_even(tmp_path):
+def test_cast_known_values_round_to_nearest_even(synth, tmp_path):
     """Hand-checked values: fp8 0x38 = 1.0, 0x40 = 2.0; 1.0 x (1 + 2^-8) = 1.00390625 is a bf16 tie -> 1.0
-    (even), 1.0 x (1 + 3*2^-8) rounds up to 1.015625; the 3x3 edge scale covers the partial block."""
-    d = tmp_path / "one"
-    d.mkdir()
-    w = np.full((130, 129), 0x38, np.uint8)
+    (even), 1.0 x (1 + 3*2^-8) rounds up to 1.015625; the partial last block row (192 = 128 + 64) uses its scale.
+    Written over layer 0's q_a_proj [192, 320] of a synthetic checkpoint (every other tensor as synthesized)."""
+    from dsv3ctl.core.checkpoint import load_index, read_header
+
+    name = "model.layers.0.self_attn.q_a_proj.weight"
+    idx = load_index(synth)
+    w = np.full((192, 320), 0x38, np.uint8)
     w[129, 128] = 0x40
-    s = np.array([[1.0, 2.0], [1 + 2**-8, 1 + 3 * 2**-8]], np.float32)
-    header, _ = encode_header([("model.layers.0.self_attn.o_proj.weight", "F8_E4M3", (130, 129)),
-                               ("model.layers.0.self_attn.o_proj.weight_scale_inv", "F32", (2, 2))], {"format": "pt"})
-    (d / "model.safetensors").write_bytes(header + w.tobytes() + s.tobytes())
-    raw = DeepSeekV3Config.default().raw
-    (d / "config.json").write_text(json.dumps(raw))
-    cast_checkpoint(d, tmp_path / "out", device="cpu", workers=1)
-    out = _load_all(tmp_path / "out")["model.layers.0.self_attn.o_proj.weight"].view(ml_dtypes.bfloat16).astype(np.float32)
+    s = np.ones((2, 3), np.float32)
+    s[0, 1], s[1, 0], s[1, 1] = 2.0, 1 + 2**-8, 1 + 3 * 2**-8
+    for tname, data in ((name, w.tobytes()), (name + "_scale_inv", s.tobytes())):
+        shard = synth / idx.weight_map[tname]
+        e = read_header(shard).tensors[tname]
+        assert e.nbytes == len(data)
+        with shard.open("r+b") as f:
+            f.seek(read_header(shard).data_start + e.begin)
+            f.write(data)
+    cast_checkpoint(synth, tmp_path / "out", device="cpu", workers=1)
+    out = _load_all(tmp_path / "out")[name].view(ml_dtypes.bfloat16).astype(np.float32)
     assert out[0, 0] == 1.0 and out[0, 128] == 2.0
     assert out[128, 0] == 1.0  # tie to even
-    assert out[129, 127] == 1.0
+    assert out[191, 127] == 1.0
     assert out[129, 128] == np.float32(ml_dtypes.bfloat16(2 * (1 + 3 * 2**-8)))  # 2.03125 after RNE
     assert out[129, 128] == 2.03125
 
@@ -254,24 +260,13 @@ MEM = textwrap.dedent("""
 
 
 def test_cast_memory_is_bounded_by_shard_size(tmp_path):
-    """Two shards of 4 real-shaped expert weights [2048, 7168] (58.7 MB each): the cast's peak RSS growth
-    must stay under 2 x the largest shard (the issue's bound is that + 1 GiB)."""
+    """Two shards of a synthetic checkpoint with DeepSeek-V3's real expert shapes ([2048, 7168] / [7168, 2048],
+    5 experts, ~112 MB each): the cast's peak RSS growth must stay under 2 x the largest shard."""
     src = tmp_path / "big"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    w = rng.integers(0, 0x7E, 2048 * 7168, dtype=np.uint8).tobytes()
-    wm = {}
-    for k in range(2):
-        ents, blobs = [], []
-        for e in range(4):
-            n = f"model.layers.3.mlp.experts.{4 * k + e}.gate_proj.weight"
-            ents += [(n, "F8_E4M3", (2048, 7168)), (n + "_scale_inv", "F32", (16, 56))]
-            blobs += [w, np.ones(16 * 56, np.float32).tobytes()]
-        header, out = encode_header(ents, {"format": "pt"})
-        fn = f"model-{k + 1:05d}-of-000002.safetensors"
-        (src / fn).write_bytes(header + b"".join(blobs))
-        wm.update({t.name: fn for t in out})
-    (src / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    write_synthetic(src, shards=2, seed=0, overrides={
+        "hidden_size": 7168, "moe_intermediate_size": 2048, "num_hidden_layers": 1, "first_k_dense_replace": 0,
+        "num_attention_heads": 1, "num_key_value_heads": 1, "q_lora_rank": 128, "kv_lora_rank": 128,
+        "vocab_size": 256, "num_nextn_predict_layers": 0})
     largest = max(p.stat().st_size for p in src.glob("*.safetensors"))
     cp = subprocess.run([sys.executable, "-c", MEM, str(src), str(tmp_path / "out")],
                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
@@ -350,6 +345,157 @@ def test_snapshot_connection_error_is_a_runtime_failure(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise exc("connection reset")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", boom)
+    shard = RemoteFile("model-00001-of-000163.safetensors", 10, "a" * 64)
     with pytest.raises(RuntimeFailure, match="rerun the same command to resume"):
-        hub.snapshot("deepseek-ai/DeepSeek-V3", "main", tmp_path, [], [], None)
+        hub.fetch("deepseek-ai/DeepSeek-V3", "0" * 40, [shard], tmp_path, None, lambda _m: None)
+
+
+# --------------------------------------------------------------------------------------- checks before the work
+
+
+def _damage(synth: Path, how: str) -> None:
+    idx_p = synth / INDEX_NAME
+    if how == "missing shard":
+        sorted(synth.glob("model-*.safetensors"))[2].unlink()
+    elif how == "missing config.json":
+        (synth / "config.json").unlink()
+    elif how == "truncated index":  # the file cut short: not JSON
+        idx_p.write_bytes(idx_p.read_bytes()[: idx_p.stat().st_size // 2])
+    elif how == "index missing entries":  # valid JSON, half of weight_map gone
+        doc = json.loads(idx_p.read_text())
+        wm = doc["weight_map"]
+        doc["weight_map"] = dict(list(wm.items())[: len(wm) // 2])
+        idx_p.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("how, code, words", [
+    ("missing shard", 1, "shard file missing"),
+    ("missing config.json", 2, "no config.json"),
+    ("truncated index", 1, "not a safetensors index"),
+    ("index missing entries", 1, "missing"),
+])
+def test_cast_checks_the_source_before_writing_anything(synth, tmp_path, run_cli, how, code, words):
+    _damage(synth, how)
+    dst = tmp_path / "bf16"
+    r = run_cli("weights", "cast-bf16", synth, dst, "--device", "cpu")
+    assert r.code == code, r.err
+    assert words in r.err and "Traceback" not in r.err
+    assert not dst.exists()  # nothing written, not even the directory
+
+
+def test_cast_of_a_bf16_source_is_a_noop_or_exit_2_with_strict(synth, tmp_path, run_cli):
+    bf16 = tmp_path / "bf16"
+    cast_checkpoint(synth, bf16, device="cpu", workers=2)
+    again = tmp_path / "again"
+    r = run_cli("weights", "cast-bf16", bf16, again, "--device", "cpu")
+    assert r.code == 0, r.err
+    assert "already a bf16 checkpoint" in r.out and "nothing to cast" in r.out and not again.exists()
+    r = run_cli("weights", "cast-bf16", bf16, again, "--device", "cpu", "--strict")
+    assert r.code == 2 and "already a bf16 checkpoint" in r.err and not again.exists()
+
+
+FAKE_TORCH = '''"""TEST DOUBLE of torch: a CUDA device of compute capability {cap}; nothing else works."""
+__version__ = "2.99.0+double"
+float8_e4m3fn = object()
+
+
+class cuda:
+    @staticmethod
+    def is_available():
+        return True
+
+    @staticmethod
+    def get_device_capability(i=0):
+        return {cap}
+
+    @staticmethod
+    def get_device_name(i=0):
+        return "Stand-in A100"
+
+    class Stream:
+        def __init__(self, *a, **k):
+            raise AssertionError("the GPU path must not start on an unsupported GPU")
+'''
+
+
+@pytest.mark.parametrize("cap", [(8, 0)])
+def test_gpu_below_sm89_falls_back_to_cpu_or_is_exit_2(synth, tmp_path, cap):
+    """torch replaced by a stand-in reporting an SM 8.0 GPU (tests cannot have a GPU): --device auto casts on the
+    CPU with a one-line notice, --device cuda is exit 2 naming the capability, before anything is written."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text(FAKE_TORCH.format(cap=cap))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), str(ROOT)]), NO_COLOR="1", COLUMNS="200")
+    cli = [sys.executable, "-m", "dsv3ctl", "weights", "cast-bf16", str(synth)]
+    cp = subprocess.run([*cli, str(tmp_path / "auto"), "--device", "auto", "--workers", "1"], env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    notice = [ln for ln in (cp.stdout + cp.stderr).splitlines() if ln.startswith("notice:")]
+    assert notice == ["notice: GPU 0 (Stand-in A100) has compute capability 8.0; the FP8 cast kernel needs 8.9 or "
+                      "newer (Ada, Hopper, Blackwell); casting on the CPU instead"], cp.stdout + cp.stderr
+    out = verify_checkpoint(tmp_path / "auto")
+    assert "on cpu with 1 workers" in cp.stdout and out.ok and out.precision == "bf16"
+    cp = subprocess.run([*cli, str(tmp_path / "cuda"), "--device", "cuda"], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert cp.returncode == 2, cp.stderr
+    assert "--device cuda: GPU 0 (Stand-in A100) has compute capability 8.0" in cp.stderr
+    assert "--device cpu" in cp.stderr and "Traceback" not in cp.stderr and not (tmp_path / "cuda").exists()
+
+
+# --------------------------------------------------------------------------------------- memory-aware long steps
+
+
+def _fake_host(tmp_path: Path, meminfo_gib: float, cgroup: dict[str, str] | None, v1: bool = False) -> tuple[Path, Path]:
+    proc, cg = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 999999999 kB\nMemAvailable: {int(meminfo_gib * 1024 * 1024)} kB\n")
+    (proc / "self" / "cgroup").write_text("9:memory:/kubepods/pod1/c1\n" if v1 else "0::/kubepods/pod1/c1\n")
+    d = cg / ("memory" if v1 else "") / "kubepods" / "pod1" / "c1"
+    d.mkdir(parents=True)
+    for k, v in (cgroup or {}).items():
+        (d / k).write_text(v + "\n")
+    return proc, cg
+
+
+def test_memory_budget_is_the_smaller_of_meminfo_and_the_cgroup(tmp_path):
+    from dsv3ctl.adapters.sysmem import GIB, budget
+
+    proc, cg = _fake_host(tmp_path / "a", 64, {"memory.max": str(8 * GIB), "memory.current": str(3 * GIB),
+                                                "memory.stat": f"anon 1\ninactive_file {GIB}\n"})
+    b = budget(proc, cg)
+    assert (b.available, b.cgroup_limit, b.meminfo_available) == (6 * GIB, 8 * GIB, 64 * GIB)
+    assert b.source.startswith("cgroup v2") and b.source.endswith("kubepods/pod1/c1")
+    proc, cg = _fake_host(tmp_path / "b", 4, {"memory.max": "max", "memory.current": str(GIB)})
+    assert budget(proc, cg).available == 4 * GIB and budget(proc, cg).source == "MemAvailable"
+    proc, cg = _fake_host(tmp_path / "c", 64, {"memory.limit_in_bytes": str(16 * GIB),
+                                                "memory.usage_in_bytes": str(12 * GIB),
+                                                "memory.stat": f"total_inactive_file {2 * GIB}\n"}, v1=True)
+    assert budget(proc, cg).available == 6 * GIB and budget(proc, cg).source.startswith("cgroup v1")
+
+
+def test_cast_workers_are_capped_by_the_memory_budget(synth, tmp_path, monkeypatch):
+    from dsv3ctl.adapters import cast, sysmem
+
+    per = cast.worker_bytes("cpu")
+    monkeypatch.setattr(sysmem, "budget", lambda: sysmem.MemoryBudget(2 * per + 1, 64 << 30, 2 * per + 1,
+                                                                       2 * per + 1, "cgroup v2 /x"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    logs: list[str] = []
+    res = cast_checkpoint(synth, tmp_path / "bf16", device="cpu", log=logs.append)
+    assert res.workers == 2 and any(m.startswith("workers capped from 8 to 2") and "cgroup v2 /x" in m for m in logs)
+
+
+def test_a_step_killed_by_sigkill_names_the_oom_killer_the_estimate_and_the_flag(tmp_path):
+    from dsv3ctl.adapters import trtllm
+    from dsv3ctl.core.spec import Spec
+    from dsv3ctl.errors import RuntimeFailure
+
+    pf = trtllm.Preflight("convert", workers=4, mem_per_worker=3 << 30)
+    argv = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    with pytest.raises(RuntimeFailure) as e:
+        trtllm.run_step("convert", Spec(), tmp_path / "ckpt", argv, pf, lambda d, s: [], ".safetensors",
+                        lambda _m: None)
+    msg = e.value.message
+    assert "exited with status -9" in msg and "killed by SIGKILL: the kernel's OOM killer is the likely cause" in msg
+    assert "about 12.0 GiB" in msg and "lower it with --workers 2" in msg

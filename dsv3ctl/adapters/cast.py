@@ -262,6 +262,8 @@ class CastResult:
     seconds: float
     device: str
     workers: int
+    noop: bool = False
+    message: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -327,12 +329,15 @@ class _Pipe:
     come from a small pool (``take``) and go back to it once written, so at most ``nbuf`` chunks are in
     flight and no buffer is reused before its bytes are in the file. Order of writes is preserved."""
 
-    def __init__(self, w: _Writer, nbuf: int = 2) -> None:
+    def __init__(self, w: _Writer, nbuf: int = 2, buffers: list[Any] | None = None) -> None:
         self.w = w
         self.q: queue.Queue[Any] = queue.Queue()
         self.free: queue.Queue[Any] = queue.Queue()
-        self.nbuf = nbuf
+        self.nbuf = len(buffers) if buffers else nbuf
         self.made = 0
+        for b in buffers or []:  # caller-owned (pinned) buffers: the pool never grows beyond them
+            self.free.put(b)
+            self.made += 1
         self.err: BaseException | None = None
         self.t = threading.Thread(target=self._run, name=f"cast-write-{w.final.name}", daemon=True)
         self.t.start()
@@ -380,6 +385,53 @@ class _Pipe:
         self._check()
 
 
+GPU_OUT_BUFFERS = 3  # pinned output buffers per GPU worker (the writer's pool): bounds the chunks in flight
+
+
+class _GpuStaging:
+    """One GPU worker thread's host staging, allocated once and reused for every chunk of every shard it casts:
+    a CUDA stream, one pinned input buffer (file bytes are read straight into it) and :data:`GPU_OUT_BUFFERS`
+    pinned output buffers that the writer thread hands back once written. Host memory per worker is therefore
+    fixed: ``in_bytes + GPU_OUT_BUFFERS * out_bytes`` (16 MiB + 3 x 32 MiB with the default chunk), whatever
+    the shard size. A buffer grows (is replaced) only when a chunk does not fit."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+        self.inp: Any = None  # pinned torch uint8 [in_bytes]
+        self.inp_np: Any = None
+        self.outs: list[Any] = []  # pinned torch uint8 [out_bytes]
+        self.outs_np: list[Any] = []
+
+    def _pinned(self, n: int) -> Any:
+        return self.torch.empty(n, dtype=self.torch.uint8, pin_memory=True)
+
+    def reserve(self, in_bytes: int, out_bytes: int) -> None:
+        if self.inp is None or self.inp.numel() < in_bytes:
+            self.inp = self._pinned(in_bytes)
+            self.inp_np = self.inp.numpy()
+        if not self.outs or self.outs[0].numel() < out_bytes:
+            self.outs = [self._pinned(out_bytes) for _ in range(GPU_OUT_BUFFERS)]
+            self.outs_np = [t.numpy() for t in self.outs]
+
+    def tensor_of(self, buf: Any) -> Any:
+        """The pinned torch tensor behind a pool buffer (a plain numpy array when the pool had to grow)."""
+        for t, a in zip(self.outs, self.outs_np, strict=True):
+            if a is buf:
+                return t
+        return self.torch.from_numpy(buf)
+
+
+_STAGING = threading.local()
+
+
+def _staging(torch: Any) -> _GpuStaging:
+    st = getattr(_STAGING, "gpu", None)
+    if st is None:
+        st = _STAGING.gpu = _GpuStaging(torch)
+    return st
+
+
 def _scale_reader(plan: CastPlan, idx_map: dict[str, str]) -> Callable[[str], Any]:
     headers: dict[str, Any] = {}
     lock = threading.Lock()
@@ -404,14 +456,17 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
 
     src_h = read_header(plan.src / sp.name)
     w = _Writer(plan.dst / sp.name, hash_)
-    pipe = _Pipe(w)
+    gpu = TorchDequant() if device != "cpu" else None
+    st: _GpuStaging | None = None
+    if gpu is not None:
+        st = _staging(gpu.torch)
+        in_need = max((min(m, _chunk_rows(n, chunk_bytes)) * n for t in sp.tensors if t.op == "cast"
+                       for m, n in [t.src.shape]), default=0)
+        st.reserve(max(in_need, 1), max(2 * in_need, COPY_CHUNK))
+    pipe = _Pipe(w, buffers=st.outs_np if st is not None else None)
     try:
         pipe.put(sp.header)
         cpu = CpuDequant() if device == "cpu" else None
-        gpu = TorchDequant() if device != "cpu" else None
-        stream = None
-        if gpu is not None:
-            stream = gpu.torch.cuda.Stream()
         inbuf: Any = None  # one reused input buffer: a chunk is consumed before the next read
         with (plan.src / sp.name).open("rb", buffering=0) as f:
             for t in sp.tensors:
@@ -426,14 +481,14 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
                     continue
                 m, n = t.src.shape
                 s = get_scale(t.scale_name)  # type: ignore[arg-type]
-                rows = max(BLOCK, (chunk_bytes // max(n, 1)) // BLOCK * BLOCK)
+                rows = _chunk_rows(n, chunk_bytes)
                 for r0 in range(0, m, rows):
                     r = min(rows, m - r0)
-                    if inbuf is None or inbuf.size < r * n:
-                        inbuf = np.empty(max(r * n, rows * n), np.uint8)
-                    wu8 = _read_exact(f, base + r0 * n, r * n, inbuf)[:r * n].reshape(r, n)
                     srows = s[r0 // BLOCK: r0 // BLOCK + ceil_div(r, BLOCK)]
                     if cpu is not None:
+                        if inbuf is None or inbuf.size < r * n:
+                            inbuf = np.empty(max(r * n, rows * n), np.uint8)
+                        wu8 = _read_exact(f, base + r0 * n, r * n, inbuf)[:r * n].reshape(r, n)
                         buf = pipe.take(2 * r * n)
                         out = buf[:2 * r * n].view(np.uint16).reshape(r, n)
                         cpu(wu8, srows, out)
@@ -442,13 +497,17 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
                         else:  # safetensors is little-endian
                             pipe.put(out.astype("<u2"), buf)
                     else:
-                        torch = gpu.torch  # type: ignore[union-attr]
-                        with torch.cuda.stream(stream):
-                            xin = torch.from_numpy(wu8).pin_memory().to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
-                            sin = torch.from_numpy(np.ascontiguousarray(srows)).to(gpu.device, non_blocking=True)  # type: ignore[union-attr]
-                            y = gpu(xin, sin)  # type: ignore[misc]
-                            host = y.view(torch.int16).to("cpu")
-                        pipe.put(host.numpy())  # a fresh host tensor per chunk: nothing to recycle
+                        assert st is not None and gpu is not None
+                        torch = gpu.torch
+                        _read_exact(f, base + r0 * n, r * n, st.inp_np)  # straight into pinned memory
+                        buf = pipe.take(2 * r * n)  # blocks while the writer holds every pinned buffer
+                        host = st.tensor_of(buf)[:2 * r * n].view(torch.bfloat16).view(r, n)
+                        with torch.cuda.stream(st.stream):
+                            xin = st.inp[:r * n].view(r, n).to(gpu.device, non_blocking=True)
+                            sin = torch.from_numpy(np.ascontiguousarray(srows)).to(gpu.device, non_blocking=True)
+                            host.copy_(gpu(xin, sin), non_blocking=True)
+                        st.stream.synchronize()  # input buffer free again, output bytes on the host
+                        pipe.put(buf[:2 * r * n], buf)
                     progress(r * n)
         pipe.close()
         if w.n != sp.size:
@@ -463,6 +522,11 @@ def _cast_shard(plan: CastPlan, sp: ShardPlan, get_scale: Callable[[str], Any], 
             pass
         w.abort()
         raise
+
+
+def _chunk_rows(n: int, chunk_bytes: int) -> int:
+    """Rows per chunk of an FP8 [M, n] weight: a multiple of 128 holding about ``chunk_bytes`` (at least 128)."""
+    return max(BLOCK, (chunk_bytes // max(n, 1)) // BLOCK * BLOCK)
 
 
 def _load_manifest(dst: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
@@ -489,45 +553,155 @@ def _shard_done(dst: Path, sp: ShardPlan, rec: dict[str, Any] | None) -> bool:
         return f.read(len(sp.header)) == sp.header
 
 
-def resolve_device(device: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu. Raises SpecError for cuda without torch/GPU."""
+#: Compute capability the GPU path needs: Triton compiles ``tl.float8e4nv`` (the kernel's FP8 load) only when
+#: ``allow_fp8e4nv`` is set, i.e. on CUDA arch >= 89 (triton-lang/triton@f22c4a28
+#: python/triton/language/semantic.py, ``cast``: "fp8e4nv data type is not supported on CUDA arch < 89").
+MIN_CAPABILITY = (8, 9)
+
+
+def gpu_support() -> tuple[bool, str]:
+    """(usable, why) for the GPU path on CUDA device 0: torch imports, sees a GPU, has ``float8_e4m3fn``, and
+    the GPU's compute capability is at least :data:`MIN_CAPABILITY`. ``why`` names what is missing."""
+    try:
+        import torch
+    except Exception as err:  # noqa: BLE001 - torch absent or broken
+        return False, f"torch is not importable ({type(err).__name__}: {err})"
+    try:
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA GPU"
+        cap = tuple(torch.cuda.get_device_capability(0))
+        name = str(torch.cuda.get_device_name(0))
+    except Exception as err:  # noqa: BLE001 - driver problems
+        return False, f"CUDA is not usable ({type(err).__name__}: {err})"
+    if not hasattr(torch, "float8_e4m3fn"):
+        return False, f"torch {getattr(torch, '__version__', '?')} has no float8_e4m3fn dtype (torch >= 2.1 needed)"
+    if cap < MIN_CAPABILITY:
+        return False, (f"GPU 0 ({name}) has compute capability {cap[0]}.{cap[1]}; the FP8 cast kernel needs "
+                       f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Ada, Hopper, Blackwell)")
+    return True, f"{name}, compute capability {cap[0]}.{cap[1]}"
+
+
+def resolve_device(device: str, log: Callable[[str], None] | None = None) -> str:
+    """auto -> cuda when :func:`gpu_support` says the GPU path works, else cpu (with a one-line notice when a
+    GPU is visible but unusable). Raises SpecError for an unknown device and for cuda when it does not work."""
     if device not in ("auto", "cpu", "cuda"):
         raise SpecError(f"--device {device!r}: use auto, cpu or cuda")
     if device == "cpu":
         return "cpu"
-    try:
-        import torch
+    ok, why = gpu_support()
+    if ok:
+        return "cuda"
+    if device == "cuda":
+        raise SpecError(f"--device cuda: {why}", "use --device cpu (or --device auto, which falls back to it)")
+    if log and ("compute capability" in why or "float8" in why or "CUDA is not usable" in why):
+        log(f"notice: {why}; casting on the CPU instead")
+    return "cpu"
 
-        has = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - torch absent or broken
-        has = False
-    if device == "cuda" and not has:
-        raise SpecError("--device cuda: torch with a visible CUDA GPU is needed (pip install torch); "
-                        "use --device cpu")
-    return "cuda" if has else "cpu"
+
+@dataclass
+class SourceCheck:
+    """Result of :func:`check_source`: the verified report, or ``noop`` (with ``message``) when SRC is BF16."""
+
+    precision: str
+    tensors: int
+    noop: bool = False
+    message: str = ""
+
+
+def check_source(src: str | Path, dst: str | Path, strict: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> SourceCheck:
+    """Every check on SRC that can fail, before anything is written: DST not inside SRC; config.json present and
+    a DeepSeek-V3-family config (SpecError, exit 2); the index readable and every tensor the architecture
+    predicts present in its shard with the right dtype and shape, shards complete (RuntimeFailure, exit 1);
+    recorded checksums (``.dsv3ctl/checksums.json``) match (exit 1); the checkpoint is FP8. A BF16 source is a
+    no-op (``noop``), or SpecError with ``strict``."""
+    from dsv3ctl.core.checkpoint import load_checksums, verify_checkpoint
+
+    s, d = Path(src).resolve(), Path(dst).resolve()
+    if not s.is_dir():
+        raise SpecError(f"SRC {src}: not a directory; pass the FP8 checkpoint directory")
+    if s == d or s in d.parents:
+        raise SpecError(f"DST {dst} is inside SRC {src}; choose a directory next to it, e.g. {s.name}-bf16")
+    recorded = load_checksums(s) is not None
+    rep = verify_checkpoint(s, checksums=recorded, progress=progress)
+    if not rep.ok:
+        probs = rep.missing + rep.extra + rep.malformed + rep.index_problems + rep.shard_problems + rep.checksum_problems
+        what = (f"{len(rep.missing)} missing, {len(rep.extra)} extra, {len(rep.malformed)} malformed tensors, "
+                f"{len(rep.index_problems) + len(rep.shard_problems)} index/shard problems, "
+                f"{len(rep.checksum_problems)} checksum mismatches")
+        fix = ("rerun `dsv3ctl weights download` (it deletes and fetches bad files again)" if rep.checksum_problems
+               else f"run `dsv3ctl weights verify {src}` and download the reported files again")
+        raise RuntimeFailure(f"SRC {src} does not verify ({what}; first: {'; '.join(probs[:3])}); nothing was written",
+                             fix)
+    if rep.precision == "fp8":
+        return SourceCheck("fp8", rep.found_tensors)
+    msg = f"SRC {src} is already a {rep.precision} checkpoint ({rep.found_tensors} tensors): nothing to cast"
+    if strict or rep.precision != "bf16":
+        raise SpecError(msg, "pass the FP8 checkpoint as SRC" + ("" if strict else "; a BF16 one is served as is"))
+    return SourceCheck(rep.precision, rep.found_tensors, noop=True,
+                       message=msg + f"; serve or convert {src} directly")
+
+
+def worker_bytes(device: str, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Host memory of one cast worker, in bytes: CPU 5 x ``chunk_bytes`` (input + two BF16 output buffers) + the
+    index scratch; GPU the pinned staging of :class:`_GpuStaging` (input + :data:`GPU_OUT_BUFFERS` outputs).
+    Plus 64 MiB per worker for headers, scales and the interpreter's own allocations."""
+    if device == "cpu":
+        per = 5 * chunk_bytes + (1 << 20)
+    else:
+        per = chunk_bytes + GPU_OUT_BUFFERS * max(2 * chunk_bytes, COPY_CHUNK)
+    return per + (64 << 20)
+
+
+def _auto_workers(device: str, chunk_bytes: int, log: Callable[[str], None] | None) -> int:
+    """CPU: os.cpu_count() up to 8; GPU: 4; capped so that workers x :func:`worker_bytes` fit the memory budget
+    (the smaller of MemAvailable and the cgroup limit: :func:`dsv3ctl.adapters.sysmem.budget`)."""
+    from dsv3ctl.adapters.sysmem import budget
+
+    want = min(os.cpu_count() or 1, 8) if device == "cpu" else 4
+    b = budget()
+    per = worker_bytes(device, chunk_bytes)
+    if b.available and b.available // per < want:
+        fits = max(1, int(b.available // per))
+        if log:
+            log(f"workers capped from {want} to {fits}: each needs about {per / (1 << 20):.0f} MiB, "
+                f"{b.available / (1 << 30):.1f} GiB available ({b.source})")
+        return fits
+    return want
 
 
 def cast_checkpoint(src: str | Path, dst: str | Path, device: str = "auto", workers: int = 0,
                     chunk_bytes: int = CHUNK_BYTES, checksums: bool = True, progress: Callable[[int, int], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> CastResult:
+                    log: Callable[[str], None] | None = None, strict: bool = False,
+                    hash_progress: Callable[[int, int], None] | None = None) -> CastResult:
     """Cast the FP8 checkpoint SRC into a BF16 checkpoint DST (see the module docstring).
 
-    ``workers`` 0 = auto (CPU: os.cpu_count() up to 8; GPU: 4). ``checksums`` hashes every output shard
+    ``workers`` 0 = auto (:func:`_auto_workers`: CPU os.cpu_count() up to 8, GPU 4, capped by memory). ``checksums`` hashes every output shard
     while writing (sha256 into ``.dsv3ctl/checksums.json`` for ``verify --checksums``); off, the manifest
     keeps sizes only and the cast is faster on small CPUs. ``progress(done_bytes, total_bytes)`` counts input
     payload bytes. Returns a :class:`CastResult`. Raises SpecError for bad arguments, RuntimeFailure for
     corrupt input or I/O errors (finished shards stay; a rerun resumes).
+
+    Before anything is written: :func:`resolve_device` (capability), :func:`check_source` (config, inventory,
+    checksums, FP8; ``hash_progress(done, total)`` while hashing files not yet verified). A BF16 source returns at
+    once with ``noop`` set (SpecError with ``strict``).
     """
     t0 = time.perf_counter()
-    dev = resolve_device(device)
+    dev = resolve_device(device, log)
     if dev == "cpu":
         try:
             import ml_dtypes  # noqa: F401
             import numpy  # noqa: F401
         except ImportError:
             raise SpecError("the CPU cast needs numpy and ml_dtypes (pip install 'dsv3ctl[weights]')") from None
+    chk = check_source(src, dst, strict=strict, progress=hash_progress)
+    if chk.noop:
+        if log:
+            log(chk.message)
+        return CastResult(str(Path(dst)), 0, 0, 0, 0, 0, time.perf_counter() - t0, dev, 0, noop=True,
+                          message=chk.message)
     plan = plan_cast(src, dst)
-    nworkers = workers or (min(os.cpu_count() or 1, 8) if dev == "cpu" else 4)
+    nworkers = workers or _auto_workers(dev, chunk_bytes, log)
     dst_p = plan.dst
     dst_p.mkdir(parents=True, exist_ok=True)
     for stray in dst_p.glob("." + "*" + PARTIAL_SUFFIX):

@@ -63,18 +63,23 @@ class Step:
 
 
 def _verifies(path: Path, precision: str | None = None) -> str | None:
-    """A reason string when ``path`` verifies (and has ``precision``), else None."""
-    from dsv3ctl.core.checkpoint import verify_checkpoint
+    """A reason string when ``path`` verifies (and has ``precision``), else None. When the checkpoint records
+    checksums (``.dsv3ctl/checksums.json``, written by ``weights download`` / ``cast-bf16``) every listed file must
+    match them too (files unchanged since they last verified are not hashed again), so a corrupt shard makes
+    the step run again instead of being converted."""
+    from dsv3ctl.core.checkpoint import load_checksums, verify_checkpoint
 
     if not path.is_dir():
         return None
     try:
-        rep = verify_checkpoint(path)
+        recorded = load_checksums(path) is not None
+        rep = verify_checkpoint(path, checksums=recorded)
     except Dsv3Error:
         return None
     if not rep.ok or (precision and rep.precision != precision):
         return None
-    return f"{path} verifies ({rep.precision}, {rep.found_tensors} tensors in {rep.shards} shards)"
+    sums = f", sha256 of {rep.checksums_checked} files" if recorded else ", no recorded checksums"
+    return f"{path} verifies ({rep.precision}, {rep.found_tensors} tensors in {rep.shards} shards{sums})"
 
 
 def plan_steps(spec: Spec, spec_path: Path | None, *, python: str = "python3",
@@ -161,7 +166,11 @@ def _run(step: Step) -> dict[str, Any]:
             doc = None
         if isinstance(doc, dict) and doc.get("error"):
             last.append(f"error: {doc['error']}" + (f" (fix: {doc['hint']})" if doc.get("hint") else ""))
+        from dsv3ctl.adapters.sysmem import killed_message
+
+        killed = killed_message(rc, f"prepare step {step.name!r}", None, f"`{step.command()} --workers N` (fewer)")
         msg = (f"prepare step {step.name!r} failed (exit {rc}): {step.command()}"
+               + (f"\n  {killed}" if killed else "")
                + (":\n  " + "\n  ".join(last) if last else ""))
         hint = "fix the cause and rerun `dsv3ctl launch prepare` (finished steps are skipped); or run the step by hand"
         raise (SpecError if rc == 2 else RuntimeFailure)(msg, hint)

@@ -136,14 +136,11 @@ class Preflight:
 
 # ------------------------------------------------------------------------------------------ measuring
 def mem_available() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 when unreadable)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """Host memory the step may use, in bytes: the smaller of MemAvailable and what the memory cgroup still
+    allows (:func:`dsv3ctl.adapters.sysmem.budget`); 0 when unreadable."""
+    from dsv3ctl.adapters.sysmem import available_bytes
+
+    return available_bytes()
 
 
 def free_disk(path: str | Path) -> int:
@@ -331,6 +328,21 @@ def _dir_bytes(d: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in d.glob(pattern) if p.is_file())
 
 
+def check_recorded_checksums(pf: Preflight, model_dir: Path) -> None:
+    """Error ``checksums`` when ``model_dir/.dsv3ctl/checksums.json`` lists a file whose size or sha256 does not
+    match (hashing only files not verified since their last change: ``verify_checksums``). A checkpoint without
+    recorded checksums (not downloaded or cast by dsv3ctl) is checked by its structure only."""
+    from dsv3ctl.core.checkpoint import load_checksums, verify_checksums
+
+    if load_checksums(model_dir) is None:
+        return
+    res = verify_checksums(model_dir)
+    if res.problems:
+        pf.error("checksums", f"{model_dir}: {len(res.problems)} file(s) do not match their recorded checksums "
+                 f"(first: {'; '.join(res.problems[:3])})",
+                 "rerun `dsv3ctl weights download` (it deletes and fetches them again) or re-cast the checkpoint")
+
+
 def preflight_convert(spec: Spec, model_dir: Path, out: Path, workers: int, python: str, script: str, *,
                       probe: Callable[[str], dict[str, Any]] | None = None,
                       caps: Callable[[], list[tuple[str, str]] | None] | None = None,
@@ -374,6 +386,7 @@ def preflight_convert(spec: Spec, model_dir: Path, out: Path, workers: int, pyth
         pf.input_hash = sha256_file(idx) if idx.is_file() else ""
         pf.input_bytes = sum((model_dir / s).stat().st_size for s in load_index(model_dir).shards
                              if (model_dir / s).is_file())
+        check_recorded_checksums(pf, model_dir)
     _check_trtllm(pf, python, probe)
     _check_gpu(pf, required=False, caps=caps)
     if os.environ.get("TRTLLM_DISABLE_UNIFIED_CONVERTER"):
@@ -554,6 +567,16 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def killed_note(step: str, rc: int, pf: Preflight) -> str:
+    """``"; <why>"`` when ``rc`` means SIGKILL (the OOM killer, the estimate ``workers x mem_per_worker`` and
+    the ``--workers`` value that halves it), else ``""``."""
+    from dsv3ctl.adapters.sysmem import killed_message
+
+    need = pf.workers * pf.mem_per_worker if pf.mem_per_worker else None
+    msg = killed_message(rc, f"{step} ({pf.workers} workers)", need, f"--workers {max(1, pf.workers // 2)}")
+    return f"; {msg}" if msg else ""
+
+
 def run_step(step: str, spec: Spec, out: Path, argv: list[str], pf: Preflight, validate: Callable[[Path, Spec], list[str]],
              suffix: str, log: Log, force: bool = False) -> RunResult:
     """Run one step (``convert`` or ``build-engine``) idempotently; ``argv`` must write into
@@ -589,7 +612,8 @@ def run_step(step: str, spec: Spec, out: Path, argv: list[str], pf: Preflight, v
     rc = stream(argv, log_path, log, tmp, suffix, spec.parallelism.world_size, env=env)
     secs = time.monotonic() - t0
     if rc != 0:
-        raise RuntimeFailure(f"{step}: {Path(argv[0]).name} exited with status {rc} after {secs:.0f}s; log: {log_path}",
+        raise RuntimeFailure(f"{step}: {Path(argv[0]).name} exited with status {rc} after {secs:.0f}s; log: {log_path}"
+                             + killed_note(step, rc, pf),
                              f"fix the cause shown in the log and rerun (the partial output {tmp} is removed then)")
     probs = validate(tmp, spec)
     if probs:

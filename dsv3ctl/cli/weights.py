@@ -49,8 +49,11 @@ def verify(
     dtype and shape and nothing else. Exit 0 when sound, 1 when anything is missing/extra/malformed."""
     from dsv3ctl.core.checkpoint import verify_checkpoint
 
-    rep = verify_checkpoint(directory, checksums=checksums).to_json()
-    Sink(output).emit(rep, _report_human(rep))
+    sink = Sink(output)
+    prog, cb = _hash_progress(sink, "sha256")
+    with prog:
+        rep = verify_checkpoint(directory, checksums=checksums, progress=cb).to_json()
+    sink.emit(rep, _report_human(rep))
     if not rep["ok"]:
         raise typer.Exit(1)
 
@@ -61,10 +64,12 @@ def cast_bf16(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda (cuda needs torch).")] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="Shards cast in parallel; 0 = auto.")] = 0,
     checksums: Annotated[bool, typer.Option("--checksums/--no-checksums", help="sha256 each output shard while writing.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 2 when SRC is already BF16 (default: nothing to do, exit 0).")] = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Cast FP8 block-quantized weights to BF16 (exact: bf16(float32(W) x block scale), RNE), streaming,
-    resumable (kill -9 safe), and verify the result."""
+    resumable (kill -9 safe), and verify the result. SRC is checked first (config.json, every tensor, recorded
+    checksums, FP8) and the GPU's capability too; nothing is written when a check fails."""
     from dsv3ctl.adapters.cast import cast_checkpoint
     from dsv3ctl.core.checkpoint import verify_checkpoint
 
@@ -74,12 +79,19 @@ def cast_bf16(
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=sink.err, transient=True, disable=sink.json) as prog:
         task = prog.add_task("casting", total=None)
+        htask = prog.add_task("sha256 of SRC", total=None, visible=False)
 
         def progress(done: int, total: int) -> None:
             prog.update(task, completed=done, total=total)
 
+        def hashing(done: int, total: int) -> None:
+            prog.update(htask, completed=done, total=total, visible=done < total)
+
         res = cast_checkpoint(src, dst, device=device, workers=workers, checksums=checksums, progress=progress,
-                              log=sink.info)
+                              log=sink.info, strict=strict, hash_progress=hashing)
+    if res.noop:
+        sink.emit(res.to_json(), lambda con: None)
+        return
     rep = verify_checkpoint(dst)
     data = {**res.to_json(), "verify": rep.to_json()}
 
@@ -109,16 +121,31 @@ def synth(
         f"{data['bytes']:,} bytes (random values; see its README.md)"))
 
 
+def _hash_progress(sink: Sink, what: str) -> Any:
+    """A rich progress bar on stderr for hashing (nothing in JSON mode); returns (context manager, callback)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    prog = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    console=sink.err, transient=True, disable=sink.json)
+    task = prog.add_task(what, total=None)
+
+    def cb(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+
+    return prog, cb
+
+
 def download(
     out: Annotated[Path, typer.Option("--out", help="Local directory for the checkpoint.")],
     spec: SpecOpt = None,
     token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding a Hugging Face token (else HF_TOKEN).")] = None,
-    clean_partials: Annotated[bool, typer.Option("--clean-partials", help="Delete huggingface_hub's .incomplete files first (restart instead of resume).")] = False,
+    clean_partials: Annotated[bool, typer.Option("--clean-partials", help="Delete partial files of interrupted transfers first (restart instead of resume).")] = False,
     dry_run: DryRunOpt = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Download model.repo@model.revision with the spec's allow/ignore patterns: free-disk check first
-    (plus the BF16 size when model.precision is bf16), resume, then `weights verify` with checksums."""
+    (plus the BF16 size when model.precision is bf16), resume from the last byte, sha256 of every LFS file
+    against the hub's (a bad file is deleted and fetched again), then `weights verify --checksums`."""
     import json
 
     from dsv3ctl.adapters import hub
@@ -156,14 +183,27 @@ def download(
         return
     for p in stale_partials(out):
         if p.suffix != ".incomplete" or clean_partials:
+            n = p.stat().st_size
             p.unlink(missing_ok=True)
+            if p.suffix == ".incomplete":
+                sink.info(f"removed partial file {p.relative_to(out)} ({n:,} bytes): --clean-partials")
     manifest = {f.path: {"size": f.size, "sha256": f.sha256} for f in plan.files}
     atomic_write_text(out / STATE_DIR / CHECKSUMS_NAME, checksums_doc(manifest, f"{s.model.repo}@{sha}"))
-    hub.snapshot(s.model.repo, sha, out, s.model.allow_patterns, s.model.ignore_patterns, token)
-    rep = verify_checkpoint(out, checksums=True)
-    (out / STATE_DIR / "download.json").write_text(json.dumps({"repo": s.model.repo, "commit": sha}) + "\n")
-    sink.emit(rep.to_json(), _report_human(rep.to_json()))
-    if not rep.ok:
+    prog, cb = _hash_progress(sink, "sha256")
+    with prog:
+        res = hub.fetch(s.model.repo, sha, plan.files, out, token, sink.info, progress=cb)
+        rep = verify_checkpoint(out, checksums=True, progress=cb)
+    atomic_write_text(out / STATE_DIR / "download.json", json.dumps({"repo": s.model.repo, "commit": sha}) + "\n")
+    data = {**rep.to_json(), "fetch": res.to_json()}
+
+    def human(con: Console) -> None:
+        _report_human(rep.to_json())(con)
+        for rel in res.rejected:
+            con.print(f"  [red]deleted[/] {rel}: sha256 differs from the hub's; rerun the same command to fetch it "
+                      "again", markup=True)
+
+    sink.emit(data, human)
+    if not rep.ok or res.rejected:
         raise typer.Exit(1)
 
 

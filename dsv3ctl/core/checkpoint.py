@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from dsv3ctl.errors import RuntimeFailure, SpecError
 INDEX_NAME = "model.safetensors.index.json"
 STATE_DIR = ".dsv3ctl"  # per-checkpoint bookkeeping directory (manifests, fingerprints)
 CHECKSUMS_NAME = "checksums.json"  # STATE_DIR/CHECKSUMS_NAME: {"files": {relpath: {"size", "sha256"}}}
+VERIFIED_NAME = "verified.json"  # STATE_DIR/VERIFIED_NAME: {"files": {relpath: {"size", "mtime_ns", "sha256"}}}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors refuses headers over 100 MB
 SAFETENSORS_DTYPE_BYTES: dict[str, int] = {
     **DTYPE_BYTES, "F8_E5M2": 1, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -242,6 +243,7 @@ class VerifyReport:
     checksum_problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checksums_checked: int = 0
+    checksums_cached: int = 0
 
     @property
     def ok(self) -> bool:
@@ -254,7 +256,8 @@ class VerifyReport:
         return d
 
 
-def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3Config | None = None) -> VerifyReport:
+def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3Config | None = None,
+                      progress: HashProgress | None = None) -> VerifyReport:
     """Check a checkpoint directory offline.
 
     - the index and the shard headers agree (every indexed tensor is in its shard, every header tensor
@@ -263,7 +266,9 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
     - every tensor the architecture predicts (from the directory's config.json, or ``cfg``) is present
       with the expected dtype and shape, and nothing else (by name);
     - with ``checksums``: sha256 and size of every file listed in ``.dsv3ctl/checksums.json`` (written by
-      ``weights download`` from the hub's LFS metadata, and by ``weights cast-bf16``).
+      ``weights download`` from the hub's LFS metadata, and by ``weights cast-bf16``), through
+      :func:`verify_checksums` (a file whose size and mtime are unchanged since it last verified is not
+      hashed again); ``progress(done_bytes, total_bytes)`` counts the bytes hashed.
 
     Raises SpecError when config.json is missing or not DeepSeek-V3, RuntimeFailure when there is no index.
     """
@@ -326,36 +331,24 @@ def verify_checkpoint(ckpt: str | Path, checksums: bool = False, cfg: DeepSeekV3
         if entry is not None and (entry.dtype != spec.dtype or entry.shape != spec.shape):
             rep.malformed.append(f"{name}: {entry.dtype}{list(entry.shape)}, expected {spec.dtype}{list(spec.shape)}")
     if checksums:
-        man = load_checksums(d)
-        if man is None:
-            rep.checksum_problems.append(f"no {STATE_DIR}/{CHECKSUMS_NAME} in {d}: it is written by `dsv3ctl weights "
-                                         "download` and `dsv3ctl weights cast-bf16`; run without --checksums")
-        else:
-            for rel, want in sorted(man.items()):
-                fp = d / rel
-                if not fp.is_file():
-                    rep.checksum_problems.append(f"{rel}: listed in the manifest but missing")
-                    continue
-                if want.get("size") is not None and fp.stat().st_size != int(want["size"]):
-                    rep.checksum_problems.append(f"{rel}: size {fp.stat().st_size}, manifest says {want['size']}")
-                    continue
-                if want.get("sha256"):
-                    got = sha256_file(fp)
-                    rep.checksums_checked += 1
-                    if got != want["sha256"]:
-                        rep.checksum_problems.append(f"{rel}: sha256 {got}, manifest says {want['sha256']}")
+        res = verify_checksums(d, progress=progress)
+        rep.checksums_checked = res.checked
+        rep.checksums_cached = res.cached
+        rep.checksum_problems.extend(res.problems)
     return rep
 
 
 # --------------------------------------------------------------------------------------- manifests
 
 
-def sha256_file(path: str | Path, chunk: int = 8 * 1024 * 1024) -> str:
-    """Hex sha256 of a file, read in 8 MiB chunks."""
+def sha256_file(path: str | Path, chunk: int = 8 * 1024 * 1024, progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 8 MiB chunks; ``progress(n)`` after each chunk of ``n`` bytes."""
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         while b := f.read(chunk):
             h.update(b)
+            if progress:
+                progress(len(b))
     return h.hexdigest()
 
 
@@ -373,6 +366,127 @@ def load_checksums(ckpt: str | Path) -> dict[str, dict[str, Any]] | None:
 def checksums_doc(files: dict[str, dict[str, Any]], source: str) -> str:
     """Serialize a checksum manifest (sorted keys, stable bytes)."""
     return json.dumps({"source": source, "files": files}, indent=1, sort_keys=True) + "\n"
+
+
+HashProgress = Callable[[int, int], None]
+
+
+@dataclass
+class ChecksumResult:
+    """Result of :func:`verify_checksums`: ``checked`` files whose sha256 matches the manifest (``cached`` of
+    them taken from the verification cache without hashing), ``hashed_bytes`` read, ``problems`` one line per
+    file, ``bad`` the relpaths whose content is wrong (size or sha256), ``manifest`` False when there is none."""
+
+    checked: int = 0
+    cached: int = 0
+    hashed_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    manifest: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest and not self.problems
+
+
+def _stat_key(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def load_verified(ckpt: str | Path) -> dict[str, dict[str, Any]]:
+    """The verification cache ``.dsv3ctl/verified.json`` (relpath -> {size, mtime_ns, sha256}); {} when absent
+    or unreadable (the cache only saves work: losing it means hashing again)."""
+    p = Path(ckpt) / STATE_DIR / VERIFIED_NAME
+    try:
+        return dict(json.loads(p.read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def record_verified(ckpt: str | Path, entries: dict[str, str]) -> None:
+    """Add ``relpath -> sha256`` of files just hashed to the verification cache, keyed by their current size and
+    mtime (so a later change of either invalidates the entry). Atomic rewrite."""
+    from dsv3ctl.fsutil import atomic_write_text
+
+    d = Path(ckpt)
+    cache = load_verified(d)
+    for rel, sha in entries.items():
+        size, mtime = _stat_key(d / rel)
+        cache[rel] = {"size": size, "mtime_ns": mtime, "sha256": sha}
+    atomic_write_text(d / STATE_DIR / VERIFIED_NAME, json.dumps({"files": cache}, indent=1, sort_keys=True) + "\n")
+
+
+def forget_verified(ckpt: str | Path, rels: Iterable[str]) -> None:
+    """Drop entries from the verification cache (a file deleted or replaced)."""
+    from dsv3ctl.fsutil import atomic_write_text
+
+    d = Path(ckpt)
+    cache = load_verified(d)
+    if any(r in cache for r in rels):
+        for r in rels:
+            cache.pop(r, None)
+        atomic_write_text(d / STATE_DIR / VERIFIED_NAME, json.dumps({"files": cache}, indent=1, sort_keys=True) + "\n")
+
+
+def verify_checksums(ckpt: str | Path, progress: HashProgress | None = None,
+                     only: Iterable[str] | None = None) -> ChecksumResult:
+    """Check every file of ``.dsv3ctl/checksums.json`` (or the relpaths in ``only``) against its recorded size and
+    sha256. A file whose (size, mtime_ns) equals a cache entry recording the manifest's sha256 counts as checked
+    without being read; every other file is hashed (``progress(done, total)`` in bytes) and, when it matches,
+    cached. ``manifest`` is False (and ``problems`` says so) when there is no manifest."""
+    d = Path(ckpt)
+    res = ChecksumResult()
+    man = load_checksums(d)
+    if man is None:
+        res.manifest = False
+        res.problems.append(f"no {STATE_DIR}/{CHECKSUMS_NAME} in {d}: it is written by `dsv3ctl weights download` and "
+                            "`dsv3ctl weights cast-bf16`; run without --checksums, or download the checkpoint again")
+        return res
+    want_files = sorted(man.items()) if only is None else [(r, man[r]) for r in sorted(set(only)) if r in man]
+    cache = load_verified(d)
+    todo: list[tuple[str, Path, str]] = []
+    for rel, want in want_files:
+        fp = d / rel
+        if not fp.is_file():
+            res.problems.append(f"{rel}: listed in the manifest but missing")
+            res.bad.append(rel)
+            continue
+        size, mtime = _stat_key(fp)
+        if want.get("size") is not None and size != int(want["size"]):
+            res.problems.append(f"{rel}: size {size}, manifest says {want['size']}")
+            res.bad.append(rel)
+            continue
+        sha = want.get("sha256")
+        if not sha:
+            continue
+        hit = cache.get(rel)
+        if hit and hit.get("size") == size and hit.get("mtime_ns") == mtime and hit.get("sha256") == sha:
+            res.checked += 1
+            res.cached += 1
+            continue
+        todo.append((rel, fp, str(sha)))
+    total = sum((fp.stat().st_size for _r, fp, _s in todo), 0)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    good: dict[str, str] = {}
+    for rel, fp, sha in todo:
+        got = sha256_file(fp, progress=tick)
+        res.hashed_bytes += fp.stat().st_size
+        if got != sha:
+            res.problems.append(f"{rel}: sha256 {got}, manifest says {sha}")
+            res.bad.append(rel)
+        else:
+            res.checked += 1
+            good[rel] = got
+    if good:
+        record_verified(d, good)
+    return res
 
 
 # --------------------------------------------------------------------------------------- download planning
@@ -454,9 +568,9 @@ def plan_download(files: list[RemoteFile], allow: list[str], ignore: list[str], 
 
 
 def stale_partials(local_dir: str | Path) -> list[Path]:
-    """Leftovers of an interrupted transfer that no live download can use: huggingface_hub's
-    ``.cache/huggingface/download/**/*.incomplete`` and ``*.lock`` files, and dsv3ctl's own ``*.tmp``
-    temp files. (``.incomplete`` files are resumable: the caller removes them only on request.)"""
+    """Leftovers of interrupted transfers: ``.cache/huggingface/download/**/*.incomplete`` (partial files:
+    ``weights download`` resumes the one of each file it still needs and removes the others) and ``*.lock``
+    files, and dsv3ctl's own ``*.tmp`` temp files."""
     d = Path(local_dir)
     out: list[Path] = []
     cache = d / ".cache" / "huggingface" / "download"
