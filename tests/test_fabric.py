@@ -7,11 +7,16 @@ command and the NCCL version).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from dsv3ctl.adapters import fabric as FC
 from dsv3ctl.core import contracts
 from dsv3ctl.core import fabric as F
 
@@ -173,3 +178,75 @@ def test_busbw_definition():
 def test_gloo_backend_notes_no_transport():
     v = F.judge(None, _sizes(1.0, 2), mode="enforce", world=2, rdma=False, backend="gloo")
     assert v.status == "ok" and "gloo backend" in v.notes[0]
+
+
+# ------------------------------------------------------------------------- the running part (adapters/fabric)
+
+DSV3CTL = str(Path(sys.executable).with_name("dsv3ctl"))
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _result_line(rank: int, world: int, backend: str, t_1gib: float, error: str | None = None) -> str:
+    rec = {"rank": rank, "world": world, "host": f"h{rank // 2}", "backend": backend, "torch": "2.11.0",
+           "nccl": None, "sizes": [[2**20, t_1gib / 100], [GIB, t_1gib]], "error": error}
+    return FC.MARKER + json.dumps(rec)
+
+
+def _opts(**kw) -> FC.FabricOptions:  # type: ignore[no-untyped-def]
+    base = dict(mode="enforce", nodes=2, rdma=True, rdma_count=2,
+                min_source="derived: ...", min_busbw_gbps=400.0)
+    base.update(kw)
+    return FC.FabricOptions(**base)  # type: ignore[arg-type]
+
+
+def test_evaluate_ib_log_with_result_lines_ok_then_slow():
+    ib = (FIX / "synthetic-ib.log").read_text()
+    fast = ib + "\n".join(_result_line(r, 4, "nccl", GIB / 1e9 / 40) for r in range(4)) + "\n"
+    doc = FC.evaluate(fast, world=4, opts=_opts())
+    assert doc["status"] == "ok", doc["problems"]
+    assert doc["sizes"][-1]["busbw_gbs"] == pytest.approx(60.0) and doc["min_busbw_gbps"] == 400.0
+    assert doc["nccl"]["nccl_version"] == "2.27.7" and doc["nodes"] == 2
+    slow = ib + "\n".join(_result_line(r, 4, "nccl", GIB / 1e9 / 4) for r in range(4)) + "\n"
+    doc = FC.evaluate(slow, world=4, opts=_opts())
+    assert doc["status"] == "fail" and [p["code"] for p in doc["problems"]] == ["busbw"]
+    assert FC.describe(doc)[-1].endswith("[fix: launch.fabric_min_busbw_gbps]")
+
+
+def test_evaluate_failed_and_missing_ranks_and_warn_mode():
+    text = _result_line(0, 2, "gloo", 0.5) + "\n" + _result_line(1, 2, "gloo", 0.5, error="RuntimeError: boom")
+    doc = FC.evaluate(text, world=3, opts=_opts(mode="warn", rdma=False, min_busbw_gbps=0, min_source=""))
+    assert doc["status"] == "warn" and doc["backend"] == "gloo"
+    msgs = [p["message"] for p in doc["problems"]]
+    assert "rank 1: the all-reduce benchmark failed: RuntimeError: boom" in msgs[0] and "rank 2" in msgs[1]
+
+
+def test_cli_from_log_json_and_exit_codes(tmp_path):
+    r = subprocess.run([DSV3CTL, "fabric-check", "--from-log", str(FIX / "synthetic-sockets.log"), "--world", "4",
+                        "--runtime-dir", str(tmp_path), "-o", "json"], capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "fail" and doc["problems"][0]["fix"] == "deploy.rdma.resource"
+    assert json.loads((tmp_path / "fabric-check.json").read_text())["status"] == "fail"
+    r = subprocess.run([DSV3CTL, "fabric-check", "--from-log", str(FIX / "synthetic-ib.log"), "--world", "4",
+                        "--runtime-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "inter-node NET/IB" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([DSV3CTL, "fabric-check", "--mode", "off"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--mode='off'" in r.stderr
+
+
+@pytest.mark.skipif(HAS_TORCH, reason="checks the report when torch is missing")
+def test_cli_local_world_without_torch_fails_with_the_reason(tmp_path):
+    r = subprocess.run([DSV3CTL, "fabric-check", "--local", "2", "--backend", "gloo", "--runtime-dir",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "rank 0: the all-reduce benchmark failed: ModuleNotFoundError: No module named 'torch'" in r.stdout
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (the gloo backend needs it; ~500 MiB wheel, not "
+                                          "a test dependency)")
+def test_cli_local_gloo_world(tmp_path):
+    r = subprocess.run([DSV3CTL, "fabric-check", "--local", "2", "--backend", "gloo", "--runtime-dir",
+                        str(tmp_path), "-o", "json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "gloo" and len(doc["sizes"]) == 3 and all(s["busbw_gbs"] > 0 for s in doc["sizes"])
