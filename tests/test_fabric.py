@@ -250,3 +250,31 @@ def test_cli_local_gloo_world(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
     assert doc["backend"] == "gloo" and len(doc["sizes"]) == 3 and all(s["busbw_gbs"] > 0 for s in doc["sizes"])
+
+
+def test_plan_states_mode_and_threshold():
+    from dsv3ctl.core.planner import make_plan
+    from dsv3ctl.core.spec import Spec
+
+    plan = make_plan(Spec.model_validate({"deploy": {"rdma": {"count": 8}}}))
+    (c,) = [c for c in plan.checks if c.name == "fabric_check"]
+    assert c.ok and c.severity == "info"
+    assert "fabric check enforce" in c.message and ">= 1600 Gb/s" in c.message and "deploy.rdma.count=8" in c.message
+    one = make_plan(Spec.model_validate({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}}))
+    assert "fabric check off" in next(c.message for c in one.checks if c.name == "fabric_check")
+
+
+def test_sbatch_fabric_step_before_the_server():
+    from dsv3ctl.core.spec import Spec
+    from dsv3ctl.render.slurm import render_sbatch
+
+    text = render_sbatch(Spec())
+    i, j = text.index("fabric-check --worker-path"), text.index("  dsv3ctl launch rank --mode")
+    assert i < j
+    assert ("dsv3ctl fabric-check --from-log - --world 16 --mode enforce --rdma --min-busbw-gbps 200 "
+            '--runtime-dir /tmp < "${FABRIC_LOG}"\n') in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    warn = render_sbatch(Spec.model_validate({"launch": {"fabric_check": "warn"}}))
+    assert '< "${FABRIC_LOG}" || true' in warn
+    off = render_sbatch(Spec.model_validate({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}}))
+    assert "fabric-check" not in off

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,13 +55,26 @@ class FabricOptions:
     iters: int = 5
     port: int = 29511
     timeout_s: float = 300.0
-    python: str = field(default_factory=lambda: sys.executable)
+    python: str = field(default_factory=lambda: default_python())
 
     def worker_argv(self, master_addr: str, backend: str) -> list[str]:
         sizes = self.sizes or (NCCL_SIZES if backend in ("nccl", "auto") else GLOO_SIZES)
-        return [self.python, "-m", "dsv3ctl.adapters.fabric_worker", "--master-addr", master_addr,
+        return [self.python, worker_path(), "--master-addr", master_addr,
                 "--master-port", str(self.port), "--backend", backend, "--sizes", ",".join(map(str, sizes)),
                 "--iters", str(self.iters), "--timeout-s", f"{self.timeout_s:g}"]
+
+
+def worker_path() -> str:
+    """The worker script's file (stdlib + torch only, so any interpreter with torch runs it as a plain file)."""
+    from dsv3ctl.adapters import fabric_worker
+
+    return str(Path(fabric_worker.__file__).resolve())
+
+
+def default_python() -> str:
+    """The interpreter that runs the worker: ``DSV3CTL_FABRIC_PYTHON``, else ``python3`` on PATH (in the image that is
+    the system Python that holds the image's torch; dsv3ctl's own venv has no torch), else this interpreter."""
+    return os.environ.get("DSV3CTL_FABRIC_PYTHON") or shutil.which("python3") or sys.executable
 
 
 def options_from_spec(spec: Any, *, mode: str | None = None, rdma: bool | None = None,

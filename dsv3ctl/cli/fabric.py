@@ -30,7 +30,12 @@ def fabric_check(
                                                             "off mean enforce here).")] = None,
     rdma: Annotated[bool | None, typer.Option("--rdma/--no-rdma", help="RDMA is expected (default "
                                                                        "deploy.rdma.enabled).")] = None,
+    min_busbw_gbps: Annotated[float | None, typer.Option("--min-busbw-gbps", min=0, help="Threshold in Gb/s (default "
+                                                         "launch.fabric_min_busbw_gbps; 0 there = derived).")] = None,
     runtime_dir: Annotated[Path, typer.Option("--runtime-dir", help="Where fabric-check.json/.log go.")] = Path("."),
+    worker_path: Annotated[bool, typer.Option("--worker-path", help="Print the worker script's path and exit (for "
+                                                                    "srun: python3 \"$(dsv3ctl fabric-check "
+                                                                    "--worker-path)\" ...).")] = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """All-reduce over a world of ranks; read what NCCL chose and the bus bandwidth per size; judge it.
@@ -43,6 +48,9 @@ def fabric_check(
     from dsv3ctl.adapters.launcher import count_gpus
     from dsv3ctl.errors import RuntimeFailure, SpecError
 
+    if worker_path:
+        typer.echo(FC.worker_path())
+        return
     if backend not in ("auto", "nccl", "gloo"):
         raise SpecError(f"--backend={backend!r}: use auto, nccl or gloo")
     if mode not in (None, "warn", "enforce"):
@@ -54,6 +62,8 @@ def fabric_check(
     if m in ("auto", "off"):
         m = "enforce"
     opts = FC.options_from_spec(s, mode=m, rdma=rdma, backend=backend)
+    if min_busbw_gbps is not None:
+        opts.min_busbw_gbps, opts.min_source = min_busbw_gbps, f"--min-busbw-gbps={min_busbw_gbps:g}"
     if from_log is not None:
         text = sys.stdin.read() if str(from_log) == "-" else _read(from_log)
         n = world or s.parallelism.world_size
@@ -63,7 +73,7 @@ def fabric_check(
         gpus = count_gpus()
         n = local or (gpus if gpus and backend != "gloo" else 2)
         opts.nodes = 1
-        if not s.launch.fabric_min_busbw_gbps:
+        if min_busbw_gbps is None and not s.launch.fabric_min_busbw_gbps:
             opts.min_busbw_gbps, opts.min_source = 0.0, "none (one host)"
         try:
             doc = FC.check(run=lambda: FC.run_local(world=n, opts=opts), world=n, opts=opts, runtime_dir=runtime_dir,

@@ -260,6 +260,21 @@ def default_min_busbw_gbps(*, nodes: int, rdma: bool, rdma_count: int, explicit:
     return 0.0, "none (one node or RDMA off); set launch.fabric_min_busbw_gbps to require one"
 
 
+def plan_statement(spec: Any) -> str:
+    """One line for ``dsv3ctl plan``: the fabric check's mode (``launch.fabric_check``, auto resolved) and its bus
+    bandwidth threshold with how it was derived (:func:`default_min_busbw_gbps`)."""
+    lc, nodes, rdma = spec.launch, spec.parallelism.nodes, spec.deploy.rdma
+    mode = lc.fabric_check if lc.fabric_check != "auto" else ("enforce" if nodes > 1 else "off")
+    if mode == "off":
+        return (f"fabric check off (launch.fabric_check={lc.fabric_check}, {nodes} node(s)); warn or enforce runs an "
+                "all-reduce over the world before the server starts")
+    thr, src = default_min_busbw_gbps(nodes=nodes, rdma=rdma.enabled, rdma_count=rdma.count,
+                                      explicit=lc.fabric_min_busbw_gbps)
+    need = f"all-reduce busbw at 1 GiB >= {thr:g} Gb/s ({thr / 8:g} GB/s; {src})" if thr else f"no busbw threshold ({src})"
+    sock = "; NET/Socket between nodes fails it (deploy.rdma.enabled)" if rdma.enabled else ""
+    return f"fabric check {mode} (launch.fabric_check={lc.fabric_check}): {need}{sock}"
+
+
 # -------------------------------------------------------------------------------------------------- verdict
 
 
