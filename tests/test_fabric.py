@@ -278,3 +278,11 @@ def test_sbatch_fabric_step_before_the_server():
     assert '< "${FABRIC_LOG}" || true' in warn
     off = render_sbatch(Spec.model_validate({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}}))
     assert "fabric-check" not in off
+
+
+def test_spec_takes_yaml_off():
+    import yaml
+
+    from dsv3ctl.core.spec import Spec
+
+    assert Spec.model_validate(yaml.safe_load("launch: {fabric_check: off}")).launch.fabric_check == "off"

@@ -197,6 +197,12 @@ class LaunchSpec(_Strict):
     fabric_timeout_s: int = Field(300, ge=10, le=3600, description="Bound on the fabric check's rendezvous and "
                                                                    "collectives (seconds)")
 
+    @field_validator("fabric_check", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` as false (PyYAML's bool resolver): take it as ``"off"``."""
+        return "off" if v is False else v
+
 
 class SlurmSpec(_Strict):
     """The sbatch script of ``dsv3ctl slurm render`` (the seed's srun + container path)."""
