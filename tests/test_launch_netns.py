@@ -343,6 +343,9 @@ def test_fabric_check_gloo_then_server(cluster):
     assert "fabric check session ended" in c.log(1)
     _assert_engine_ranks(c, 4)
     assert _wait(w, 30) == 1
+    from dsv3ctl.adapters.fabric import status_from_log
+
+    assert status_from_log(log)["status"] == "ok"
 
 
 def test_fabric_check_enforce_stops_the_launch_without_torch(cluster):
@@ -359,3 +362,7 @@ def test_fabric_check_enforce_stops_the_launch_without_torch(cluster):
     assert rc == 1, log
     assert "fabric check failed" in log and "No module named 'torch'" in log and not c.rank_records()
     assert json.loads((c.run_root / "dsv3-0" / "fabric-check.json").read_text())["status"] == "fail"
+    from dsv3ctl.adapters.fabric import status_from_log
+
+    summary = status_from_log(log)  # what `dsv3ctl status` reads from the leader pod's log
+    assert summary is not None and summary["status"] == "fail" and summary["problems"] == ["rank_failed"] * 4

@@ -163,6 +163,34 @@ def describe(doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+STATUS_MARKER = "fabric-result "
+
+
+def status_line(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The small summary the leader logs on one line (``fabric-result {...}``) for ``dsv3ctl status``: status,
+    backend, world, nodes, busbw (GB/s) at the largest size, inter-node transports, problem codes, time."""
+    last = max(doc.get("sizes") or [{}], key=lambda s: s.get("bytes", 0))
+    ranks = (doc.get("nccl") or {}).get("ranks", {})
+    return {"status": doc["status"], "backend": doc.get("backend"), "world": doc.get("world"),
+            "nodes": doc.get("nodes"), "bytes": last.get("bytes"),
+            "busbw_gbs": round(last["busbw_gbs"], 2) if "busbw_gbs" in last else None,
+            "inter_node": sorted({t for r in ranks.values() for t in r.get("inter_node", [])}),
+            "problems": [p["code"] for p in doc.get("problems", [])], "at": doc.get("finished_at")}
+
+
+def status_from_log(text: str) -> dict[str, Any] | None:
+    """The last ``fabric-result {...}`` summary in a leader's log, None when there is none."""
+    found = None
+    for line in text.splitlines():
+        i = line.find(STATUS_MARKER + "{")
+        if i >= 0:
+            try:
+                found = json.loads(line[i + len(STATUS_MARKER):])
+            except ValueError:
+                continue
+    return found
+
+
 def record(doc: dict[str, Any], text: str, runtime_dir: str | Path) -> Path:
     """Write ``fabric-check.json`` and ``fabric-check.log`` into ``runtime_dir`` (temp file + rename)."""
     d = Path(runtime_dir)
@@ -237,6 +265,7 @@ def check(*, run: Callable[[], tuple[int, str]], world: int, opts: FabricOptions
     for line in describe(doc):
         log(line)
     log(f"fabric check result written to {path}")
+    log(STATUS_MARKER + json.dumps(status_line(doc), separators=(",", ":")))
     if doc["status"] == "fail":
         raise RuntimeFailure("fabric check failed:\n  " + "\n  ".join(f"{p['message']} (fix: {p['fix']})"
                                                                         for p in doc["problems"]),
