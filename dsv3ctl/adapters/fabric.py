@@ -32,9 +32,6 @@ from dsv3ctl.fsutil import atomic_write_text
 RESULT_FILE = "fabric-check.json"
 LOG_FILE = "fabric-check.log"
 MARKER = "DSV3CTL-FABRIC-RESULT "
-#: Message sizes (bytes): NCCL 1 MiB .. 1 GiB (the largest is the one judged); gloo over TCP on CPUs stays small.
-NCCL_SIZES = (2**20, 2**24, 2**28, 2**30)
-GLOO_SIZES = (2**16, 2**20, 2**22)
 
 
 @dataclass
@@ -58,10 +55,9 @@ class FabricOptions:
     python: str = field(default_factory=lambda: default_python())
 
     def worker_argv(self, master_addr: str, backend: str) -> list[str]:
-        sizes = self.sizes or (NCCL_SIZES if backend in ("nccl", "auto") else GLOO_SIZES)
-        return [self.python, worker_path(), "--master-addr", master_addr,
-                "--master-port", str(self.port), "--backend", backend, "--sizes", ",".join(map(str, sizes)),
-                "--iters", str(self.iters), "--timeout-s", f"{self.timeout_s:g}"]
+        sizes = ["--sizes", ",".join(map(str, self.sizes))] if self.sizes else []  # else the worker's per backend
+        return [self.python, worker_path(), "--master-addr", master_addr, "--master-port", str(self.port),
+                "--backend", backend, *sizes, "--iters", str(self.iters), "--timeout-s", f"{self.timeout_s:g}"]
 
 
 def worker_path() -> str:
@@ -256,7 +252,7 @@ def check(*, run: Callable[[], tuple[int, str]], world: int, opts: FabricOptions
     if opts.mode == "off":
         log("fabric check: off (launch.fabric_check)")
         return {"status": "off", "mode": "off"}
-    log(f"fabric check ({opts.mode}): all-reduce over {world} ranks, NCCL_DEBUG=INFO captured")
+    log(f"fabric check ({opts.mode}): all-reduce over {world} ranks (NCCL_DEBUG=INFO captured when NCCL runs)")
     t0 = time.monotonic()
     rc, text = run()
     doc = evaluate(text, world=world, opts=opts, rc=rc)

@@ -23,6 +23,9 @@ import traceback
 from datetime import timedelta
 
 MARKER = "DSV3CTL-FABRIC-RESULT "
+#: Message sizes (bytes): NCCL 1 MiB .. 1 GiB (the largest is the one judged); gloo over TCP on CPUs stays small.
+NCCL_SIZES = (2**20, 2**24, 2**28, 2**30)
+GLOO_SIZES = (2**16, 2**20, 2**22)
 
 
 def _env_int(names: tuple[str, ...], default: int | None = None) -> int:
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master-addr", required=True, help="host of rank 0 (the leader), for the TCP rendezvous")
     ap.add_argument("--master-port", type=int, default=29511)
     ap.add_argument("--backend", choices=("auto", "nccl", "gloo"), default="auto")
-    ap.add_argument("--sizes", default="1048576,16777216,268435456,1073741824", help="message sizes in bytes")
+    ap.add_argument("--sizes", default="", help="message sizes in bytes, comma-separated (default: NCCL_SIZES for "
+                                                "nccl, GLOO_SIZES for gloo)")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=300.0, help="rendezvous and collective timeout")
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group(backend, init_method=f"tcp://{a.master_addr}:{a.master_port}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=a.timeout_s), **kw)
         expect = world * (world + 1) / 2
-        for size in [int(s) for s in a.sizes.split(",") if s.strip()]:
+        sizes = [int(s) for s in a.sizes.split(",") if s.strip()] or (NCCL_SIZES if backend == "nccl" else GLOO_SIZES)
+        for size in sizes:
             n = max(1, size // 4)
             x = torch.full((n,), float(rank + 1), dtype=torch.float32, device=dev)
             dist.all_reduce(x)
