@@ -449,8 +449,9 @@ def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> 
     return None
 
 
-def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
-    """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release."""
+def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False) -> dict[str, Any]:
+    """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release; with ``fabric`` each
+    group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs)."""
     name = fullname(release)
     lws = kube.get_lws(namespace, name)
     pods = sorted((pod_info(p) for p in kube.pods(namespace, release)), key=lambda x: (x.group, x.worker_index))
@@ -461,7 +462,8 @@ def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
         gp = [p for p in pods if p.group == g and not p.terminating]
         groups.append({"index": g, "ready": len(gp) == size and all(p.ready for p in gp),
                        "pods": [asdict(p) for p in pods if p.group == g],
-                       "fabric": leader_fabric_result(kube, namespace, [p for p in gp if p.role == "leader"])})
+                       "fabric": leader_fabric_result(kube, namespace, [p for p in gp if p.role == "leader"])
+                       if fabric else None})
     endpoints: dict[str, Any] = {}
     from kubernetes.client.exceptions import ApiException
 

@@ -181,7 +181,7 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
     from dsv3ctl.adapters import kube as k
 
     ns, rel = _target(spec, namespace, release)
-    st = k.status(_kube(kubeconfig), ns, rel)
+    st = k.status(_kube(kubeconfig), ns, rel, fabric=True)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
