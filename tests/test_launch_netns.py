@@ -348,6 +348,21 @@ def test_fabric_check_gloo_then_server(cluster):
     assert status_from_log(log)["status"] == "ok"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torch is not installed (the fabric check's gloo backend needs it)")
+def test_fabric_only_group_without_a_model(cluster):
+    """``launch leader --fabric-only``: a group with no model (no engine, no repository) runs only the check."""
+    c = cluster(2, fabric="off")  # --fabric-only turns it on (enforce)
+    c.up()
+    c.start(1, "worker")
+    leader = c.start(0, "leader", "--wait-timeout", "60", "--fabric-only", "--model-repo", "/nonexistent")
+    rc = _wait(leader, 240)
+    log = c.log(0)
+    assert rc == 0, log + c.log(1)
+    assert "fabric check only: group of 2 hosts x 2 slots = world size 4" in log and "verdict: ok" in log
+    assert "exec:" not in log and not c.rank_records()
+
+
 def test_fabric_check_enforce_stops_the_launch_without_torch(cluster):
     """Enforce: a rank that cannot run the benchmark (here: no torch, or a broken rendezvous) stops the launch with
     exit 1 and the reason, before any server rank starts."""

@@ -316,18 +316,25 @@ def _engine_dir_from_pbtxt(pbtxt: Path) -> Path:
 def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port: int, secret_dir: str,
                runtime_dir: str, wait_timeout_s: float, engine_dir: str = "", dsv3ctl: str | None = None,
                mpirun: str | None = None, env: Mapping[str, str] | None = None,
-               fabric: FabricOptions | None = None) -> int:
+               fabric: FabricOptions | None = None, fabric_only: bool = False) -> int:
     """Leader: SSH set-up, world-size check, wait for workers, hostfile, the fabric check (``fabric``, see
     :mod:`dsv3ctl.adapters.fabric`: same mpirun, hostfile and environment as the server), mpirun. Returns mpirun's
     exit code.
 
     The world-size check runs before any waiting, so a mismatch is refused at once (SpecError, exit 2).
+    ``fabric_only``: no model (no world-size check against it), the fabric check and exit 0 (ok or warn) or 1.
     """
     env = dict(os.environ if env is None else env)
     hosts = list(group)
-    tp, pp, source = model_parallelism(cfg, engine_dir)
-    world = R.check_world_size(hosts=len(hosts), slots=slots, tp=tp, pp=pp, source=source)
-    log("leader", f"group of {len(hosts)} hosts x {slots} slots = world size {world} matches {source}")
+    if fabric_only:
+        if fabric is None:
+            raise SpecError("--fabric-only with the fabric check off; use --fabric-check warn or enforce")
+        world = len(hosts) * slots
+        log("leader", f"fabric check only: group of {len(hosts)} hosts x {slots} slots = world size {world}")
+    else:
+        tp, pp, source = model_parallelism(cfg, engine_dir)
+        world = R.check_world_size(hosts=len(hosts), slots=slots, tp=tp, pp=pp, source=source)
+        log("leader", f"group of {len(hosts)} hosts x {slots} slots = world size {world} matches {source}")
     mpirun = mpirun or shutil.which("mpirun")
     if not mpirun:
         raise RuntimeFailure("mpirun not found on PATH; the image must contain OpenMPI (the NGC base provides it)")
@@ -350,6 +357,8 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
         FC.check(run=lambda: FC.run_mpi(mpirun_argv_for=mpi_for, master_addr=hosts[0], world=world, opts=fabric,
                                         env=env), world=world, opts=fabric, runtime_dir=runtime_dir,
                  log=lambda m: log("leader", m))
+        if fabric_only:
+            return 0
     argv = mpi_for([exe, "launch", "rank", *cfg.to_args()])
     log("leader", "exec: " + R.shell_join(argv))
     proc = subprocess.Popen(argv, env=env)

@@ -115,6 +115,8 @@ def leader(
     tritonserver: TritonOpt = None, extra_llm_api_options: ExtraOpt = None,
     fabric_check: Annotated[str | None, typer.Option("--fabric-check", help="off | warn | enforce (default "
                                                      "launch.fabric_check: enforce for several nodes, off for one).")] = None,
+    fabric_only: Annotated[bool, typer.Option("--fabric-only", help="No model: run the fabric check over the group "
+                                                                    "and exit (0 ok/warn, 1 fail).")] = False,
 ) -> None:
     """Leader pod: preflight, check world size, set up SSH, wait for workers, write the hostfile, run the fabric check
     (an all-reduce over every rank with the server's mpirun and environment), run mpirun.
@@ -136,11 +138,13 @@ def leader(
     rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
                 rdma=rdma_on, gpus_per_node=gpn, skip=skip_preflight or [], rdma_source=rdma_source)
-    fabric = _fabric_opts(s, fabric_check, rdma_on, len(group))
+    fabric = _fabric_opts(s, fabric_check or ("enforce" if fabric_only and s.launch.fabric_check in ("auto", "off")
+                                              else None), rdma_on, len(group))
     rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir),
                       wait_timeout_s=wait_timeout or lc.worker_wait_timeout_s,
-                      engine_dir=engine_dir if engine_dir is not None else lc.engine_dir, fabric=fabric)
+                      engine_dir=engine_dir if engine_dir is not None else lc.engine_dir, fabric=fabric,
+                      fabric_only=fabric_only)
     raise typer.Exit(rc)
 
 
