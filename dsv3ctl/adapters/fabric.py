@@ -127,12 +127,14 @@ def evaluate(text: str, *, world: int, opts: FabricOptions, rc: int = 0) -> dict
     thr, src = opts.min_busbw_gbps, opts.min_source
     if src.startswith("derived"):  # derived from the spec's node count: use the nodes this run really had
         thr, src = F.default_min_busbw_gbps(nodes=nodes, rdma=opts.rdma, rdma_count=opts.rdma_count)
-    v = F.judge(log, sizes, mode=opts.mode, world=world, rdma=opts.rdma, min_busbw_gbps=thr, min_source=src, rdma_resource=opts.rdma_resource, rdma_count=opts.rdma_count,
-                ib_hca=opts.ib_hca, backend=backend if backend in ("nccl", "gloo") else "nccl",
+    v = F.judge(log, sizes, mode=opts.mode, world=world, rdma=opts.rdma, min_busbw_gbps=thr, min_source=src,
+                rdma_resource=opts.rdma_resource, rdma_count=opts.rdma_count, ib_hca=opts.ib_hca,
+                backend=backend if backend in ("nccl", "gloo") else "nccl",
                 failed_ranks=failed)
     v.notes += notes
     doc = {**F.verdict_dict(v), "backend": backend, "world": world, "nodes": nodes,
-           "sizes": [s.__dict__ for s in sizes], "min_busbw_gbps": thr, "min_busbw_source": src, "nccl": F.summarize(log),
+           "sizes": [s.__dict__ for s in sizes], "min_busbw_gbps": thr, "min_busbw_source": src,
+           "nccl": F.summarize(log),
            "torch": sorted({str(r.get("torch")) for r in recs.values()}),
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if doc["nccl"]:

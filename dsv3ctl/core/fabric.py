@@ -400,7 +400,8 @@ def judge(log: NcclLog | None, sizes: Sequence[SizeResult], *, mode: str, world:
         src = min_source or "the threshold"
         if got < min_busbw_gbps:
             probs.append(Problem("busbw", f"all-reduce bus bandwidth at {_size(last.bytes)} is {last.busbw_gbs:.2f} "
-                                          f"GB/s = {got:.1f} Gb/s, below {min_busbw_gbps:g} Gb/s ({src}); likely cause: a degraded or down link, fewer HCAs in use "
+                                          f"GB/s = {got:.1f} Gb/s, below {min_busbw_gbps:g} Gb/s ({src}); likely "
+                                          "cause: a degraded or down link, fewer HCAs in use "
                                           "than requested (NCCL_IB_HCA, deploy.nccl.ib_hca), GPUDirect RDMA off, or "
                                           "sockets", "launch.fabric_min_busbw_gbps"))
     if backend != "nccl":
