@@ -93,6 +93,7 @@ def fabric_step(spec) -> list[str]:  # type: ignore[no-untyped-def]
         "# server loads; NCCL's INFO lines tell the transport per channel (see docs/operations.md).",
         'MASTER="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)"',
         'FABRIC_LOG="${SLURM_SUBMIT_DIR:-.}/' + spec.slurm.job_name + '-fabric-${SLURM_JOB_ID:-0}.log"',
+        "# shellcheck disable=SC2016  # the worker path is expanded inside the container, not here",
         "srun --mpi=pmix \\",
         f"  --nodes={p.nodes} --ntasks={p.world_size} --ntasks-per-node={p.gpus_per_node} \\",
         '  --container-image="${IMAGE}" \\',
