@@ -9,6 +9,7 @@ Needs root, ip, sshd, ssh-keygen and mpirun (``make sys-deps``); skips with the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -65,7 +66,7 @@ STANDIN = textwrap.dedent('''\
 class Cluster:
     """Namespaces ``<p>-n0`` (leader) .. ``<p>-n{k}`` on a bridge in ``<p>-br``; LWS-style pod names."""
 
-    def __init__(self, tmp: Path, nodes: int, slots: int = 2, tp: int | None = None):
+    def __init__(self, tmp: Path, nodes: int, slots: int = 2, tp: int | None = None, fabric: str = "off"):
         self.p = "d6" + secrets.token_hex(2)
         self.lws, self.ns = "dsv3", "t" + self.p
         self.names = [f"{self.lws}-0.{self.lws}.{self.ns}"] + [f"{self.lws}-0-{i}.{self.lws}.{self.ns}"
@@ -93,9 +94,10 @@ class Cluster:
         self.engine = tmp / "engine"
         self.set_engine_tp(tp if tp is not None else nodes * slots)
         self.spec = tmp / "dsv3.yaml"
-        # deploy.rdma.enabled defaults to true (it turns on the RDMA preflight): these namespaces have no RDMA
+        # deploy.rdma.enabled defaults to true (it turns on the RDMA preflight): these namespaces have no RDMA.
+        # The fabric check (default enforce for several nodes) has its own test in test_fabric_netns.py.
         self.spec.write_text(f"parallelism: {{nodes: {nodes}, gpus_per_node: {slots}, tp: {nodes * slots}}}\n"
-                             "deploy: {rdma: {enabled: false}}\n")
+                             f"deploy: {{rdma: {{enabled: false}}}}\nlaunch: {{fabric_check: {fabric}}}\n")
 
     def set_engine_tp(self, tp: int) -> None:
         (self.repo / "tensorrt_llm").mkdir(parents=True, exist_ok=True)
@@ -316,3 +318,66 @@ def test_leader_killed_worker_exits(cluster):
     assert "leader session is gone" in c.log(1)
     lost = c.run_root / c.names[1].split(".")[0] / "session-lost"  # what the chart's worker livenessProbe tests
     assert "leader session is gone" in lost.read_text(), c.log(1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torch is not installed (the fabric check's gloo backend needs it; the ~500 MiB wheel is "
+                           "not a test dependency)")
+def test_fabric_check_gloo_then_server(cluster):
+    """The fabric check's gloo path through the real launcher: the leader runs the all-reduce benchmark
+    (dsv3ctl.adapters.fabric_worker under its own mpirun, over each pod's sshd) before the server, writes
+    ``<runtime_dir>/fabric-check.json`` and logs per-size bandwidth; the workers' watchdogs are not armed by that
+    session; then the server ranks start."""
+    c = cluster(2, fabric="enforce")
+    c.up()
+    w = c.start(1, "worker")
+    leader = c.leader("--wait-timeout", "60")
+    rc = _wait(leader, 240)
+    log = c.log(0)
+    assert rc == 0, log + c.log(1)
+    doc = json.loads((c.run_root / "dsv3-0" / "fabric-check.json").read_text())
+    assert doc["status"] == "ok" and doc["backend"] == "gloo" and doc["world"] == 4, doc
+    assert [s["bytes"] for s in doc["sizes"]] == [2**16, 2**20, 2**22]
+    assert all(s["busbw_gbs"] > 0 for s in doc["sizes"])
+    assert "fabric check (gloo, world 4, 2 node(s)):" in log and "busbw" in log and "verdict: ok" in log
+    assert "fabric check session ended" in c.log(1)
+    _assert_engine_ranks(c, 4)
+    assert _wait(w, 30) == 1
+    from dsv3ctl.adapters.fabric import status_from_log
+
+    assert status_from_log(log)["status"] == "ok"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torch is not installed (the fabric check's gloo backend needs it)")
+def test_fabric_only_group_without_a_model(cluster):
+    """``launch leader --fabric-only``: a group with no model (no engine, no repository) runs only the check."""
+    c = cluster(2, fabric="off")  # --fabric-only turns it on (enforce)
+    c.up()
+    c.start(1, "worker")
+    leader = c.start(0, "leader", "--wait-timeout", "60", "--fabric-only", "--model-repo", "/nonexistent")
+    rc = _wait(leader, 240)
+    log = c.log(0)
+    assert rc == 0, log + c.log(1)
+    assert "fabric check only: group of 2 hosts x 2 slots = world size 4" in log and "verdict: ok" in log
+    assert "exec:" not in log and not c.rank_records()
+
+
+def test_fabric_check_enforce_stops_the_launch_without_torch(cluster):
+    """Enforce: a rank that cannot run the benchmark (here: no torch, or a broken rendezvous) stops the launch with
+    exit 1 and the reason, before any server rank starts."""
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed: the benchmark would pass")
+    c = cluster(2, fabric="enforce")
+    c.up()
+    c.start(1, "worker")
+    leader = c.leader("--wait-timeout", "60")
+    rc = _wait(leader, 180)
+    log = c.log(0)
+    assert rc == 1, log
+    assert "fabric check failed" in log and "No module named 'torch'" in log and not c.rank_records()
+    assert json.loads((c.run_root / "dsv3-0" / "fabric-check.json").read_text())["status"] == "fail"
+    from dsv3ctl.adapters.fabric import status_from_log
+
+    summary = status_from_log(log)  # what `dsv3ctl status` reads from the leader pod's log
+    assert summary is not None and summary["status"] == "fail" and summary["problems"] == ["rank_failed"] * 4

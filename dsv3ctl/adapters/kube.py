@@ -428,8 +428,30 @@ def pod_info(p: Any) -> PodInfo:
     )
 
 
-def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
-    """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release."""
+def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> dict[str, Any] | None:
+    """The last fabric check summary the leader logged (dsv3ctl.adapters.fabric.status_line), from the first MiB of
+    its ``dsv3`` container log (the check runs before the server, so its line is near the start); None when the
+    pod has no readable log (not started; the kwok testbed runs no containers) or no check ran."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from dsv3ctl.adapters.fabric import status_from_log
+
+    for p in leaders:
+        if p.phase not in ("Running", "Succeeded", "Failed"):
+            continue
+        try:
+            text = kube.core.read_namespaced_pod_log(p.name, namespace, container="dsv3", limit_bytes=1 << 20,
+                                                     _request_timeout=10)
+        except (ApiException, HTTPError, OSError, ValueError):
+            return None
+        return status_from_log(text if isinstance(text, str) else str(text))
+    return None
+
+
+def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False) -> dict[str, Any]:
+    """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release; with ``fabric`` each
+    group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs)."""
     name = fullname(release)
     lws = kube.get_lws(namespace, name)
     pods = sorted((pod_info(p) for p in kube.pods(namespace, release)), key=lambda x: (x.group, x.worker_index))
@@ -439,7 +461,9 @@ def status(kube: Kube, namespace: str, release: str) -> dict[str, Any]:
     for g in range(replicas):
         gp = [p for p in pods if p.group == g and not p.terminating]
         groups.append({"index": g, "ready": len(gp) == size and all(p.ready for p in gp),
-                       "pods": [asdict(p) for p in pods if p.group == g]})
+                       "pods": [asdict(p) for p in pods if p.group == g],
+                       "fabric": leader_fabric_result(kube, namespace, [p for p in gp if p.role == "leader"])
+                       if fabric else None})
     endpoints: dict[str, Any] = {}
     from kubernetes.client.exceptions import ApiException
 

@@ -29,10 +29,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsv3ctl.errors import RuntimeFailure, SpecError
 from dsv3ctl.fsutil import atomic_write_text
 from dsv3ctl.render import launch as R
+
+if TYPE_CHECKING:
+    from dsv3ctl.adapters.fabric import FabricOptions
 
 CLIENT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa", "ssh-privatekey")
 HOST_KEY_NAMES = ("ssh_host_ed25519_key", "ssh_host_ecdsa_key", "ssh_host_rsa_key", "ssh_host_key")
@@ -311,16 +315,26 @@ def _engine_dir_from_pbtxt(pbtxt: Path) -> Path:
 
 def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port: int, secret_dir: str,
                runtime_dir: str, wait_timeout_s: float, engine_dir: str = "", dsv3ctl: str | None = None,
-               mpirun: str | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Leader: SSH set-up, world-size check, wait for workers, hostfile, mpirun. Returns mpirun's exit code.
+               mpirun: str | None = None, env: Mapping[str, str] | None = None,
+               fabric: FabricOptions | None = None, fabric_only: bool = False) -> int:
+    """Leader: SSH set-up, world-size check, wait for workers, hostfile, the fabric check (``fabric``, see
+    :mod:`dsv3ctl.adapters.fabric`: same mpirun, hostfile and environment as the server), mpirun. Returns mpirun's
+    exit code.
 
     The world-size check runs before any waiting, so a mismatch is refused at once (SpecError, exit 2).
+    ``fabric_only``: no model (no world-size check against it), the fabric check and exit 0 (ok or warn) or 1.
     """
     env = dict(os.environ if env is None else env)
     hosts = list(group)
-    tp, pp, source = model_parallelism(cfg, engine_dir)
-    world = R.check_world_size(hosts=len(hosts), slots=slots, tp=tp, pp=pp, source=source)
-    log("leader", f"group of {len(hosts)} hosts x {slots} slots = world size {world} matches {source}")
+    if fabric_only:
+        if fabric is None:
+            raise SpecError("--fabric-only with the fabric check off; use --fabric-check warn or enforce")
+        world = len(hosts) * slots
+        log("leader", f"fabric check only: group of {len(hosts)} hosts x {slots} slots = world size {world}")
+    else:
+        tp, pp, source = model_parallelism(cfg, engine_dir)
+        world = R.check_world_size(hosts=len(hosts), slots=slots, tp=tp, pp=pp, source=source)
+        log("leader", f"group of {len(hosts)} hosts x {slots} slots = world size {world} matches {source}")
     mpirun = mpirun or shutil.which("mpirun")
     if not mpirun:
         raise RuntimeFailure("mpirun not found on PATH; the image must contain OpenMPI (the NGC base provides it)")
@@ -332,9 +346,20 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     hostfile = Path(runtime_dir) / "hostfile"
     atomic_write_text(hostfile, R.hostfile_text(hosts, slots))
     exe = dsv3ctl or _self_path()
-    argv = R.mpirun_argv(mpirun=mpirun, hostfile=str(hostfile), world_size=world, ssh_config=str(files.ssh_config),
-                         forward=R.forwarded_env(env), rank_cmd=[exe, "launch", "rank", *cfg.to_args()],
-                         as_root=os.geteuid() == 0)
+
+    def mpi_for(rank_cmd: list[str]) -> list[str]:
+        return R.mpirun_argv(mpirun=mpirun, hostfile=str(hostfile), world_size=world, ssh_config=str(files.ssh_config),
+                             forward=R.forwarded_env(env), rank_cmd=rank_cmd, as_root=os.geteuid() == 0)
+
+    if fabric is not None:
+        from dsv3ctl.adapters import fabric as FC
+
+        FC.check(run=lambda: FC.run_mpi(mpirun_argv_for=mpi_for, master_addr=hosts[0], world=world, opts=fabric,
+                                        env=env), world=world, opts=fabric, runtime_dir=runtime_dir,
+                 log=lambda m: log("leader", m))
+        if fabric_only:
+            return 0
+    argv = mpi_for([exe, "launch", "rank", *cfg.to_args()])
     log("leader", "exec: " + R.shell_join(argv))
     proc = subprocess.Popen(argv, env=env)
 
@@ -389,6 +414,18 @@ def session_processes(root: int, table: Mapping[int, tuple[int, str]] | None = N
     return out
 
 
+def _fabric_session(pids: Iterable[int]) -> bool:
+    """True when one of ``pids`` runs the fabric check's worker (``dsv3ctl.adapters.fabric_worker``): that session
+    ends before the server's starts, so it must not arm the watchdog."""
+    for pid in pids:
+        try:
+            if b"fabric_worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def mark_session_lost(runtime_dir: str | Path, reason: str) -> Path:
     """Write ``<runtime_dir>/session-lost`` atomically with one line: the UTC time and ``reason``."""
     p = Path(runtime_dir) / SESSION_LOST
@@ -437,7 +474,7 @@ def run_worker(*, group: Sequence[str], ssh_port: int, secret_dir: str, runtime_
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    armed, missing = False, 0
+    armed, missing, fabric_seen = False, 0, False
     try:
         while True:
             if stopping["flag"]:
@@ -447,7 +484,13 @@ def run_worker(*, group: Sequence[str], ssh_port: int, secret_dir: str, runtime_
                 log("worker", f"sshd exited with {proc.returncode}")
                 return 1
             live = session_processes(proc.pid)
-            if (live or authenticated.is_set()) and not armed:
+            if live and _fabric_session(live):
+                fabric_seen = True
+            elif not live and fabric_seen:  # the leader's fabric check ended; the server's session comes next
+                fabric_seen, armed, missing = False, False, 0
+                authenticated.clear()
+                log("worker", "fabric check session ended; waiting for the server's session")
+            if (live or authenticated.is_set()) and not armed and not fabric_seen:
                 armed = True
                 log("worker", "leader session started; watchdog armed")
             if armed:

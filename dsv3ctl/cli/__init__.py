@@ -17,6 +17,7 @@ from dsv3ctl import __version__
 from dsv3ctl.cli import clients as _clients
 from dsv3ctl.cli import convert as _convert
 from dsv3ctl.cli import deploy as _deploy
+from dsv3ctl.cli import fabric as _fabric
 from dsv3ctl.cli import image as _image
 from dsv3ctl.cli import launch as _launch
 from dsv3ctl.cli import plan as _plan
@@ -58,6 +59,7 @@ _deploy.register(app)
 _clients.register(app)
 _repo.register(app)
 _launch.register(app)
+_fabric.register(app)
 _image.register(app)
 _slurm.register(app)
 _weights.register(app)

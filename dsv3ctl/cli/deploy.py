@@ -181,7 +181,7 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
     from dsv3ctl.adapters import kube as k
 
     ns, rel = _target(spec, namespace, release)
-    st = k.status(_kube(kubeconfig), ns, rel)
+    st = k.status(_kube(kubeconfig), ns, rel, fabric=True)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
@@ -200,6 +200,14 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
                           p["name"], "yes" if p["ready"] else "no",
                           "Terminating" if p["terminating"] else p["phase"], str(p["restarts"]), p["node"], p["reason"])
         con.print(t)
+        for g in st["groups"]:
+            f = g.get("fabric")
+            if f:
+                bw = f" busbw {f['busbw_gbs']} GB/s at {f['bytes']} B," if f.get("busbw_gbs") is not None else ""
+                con.print(f"  group {g['index']} fabric check: {f['status']} ({f['backend']}, world {f['world']},{bw} "
+                          f"inter-node {', '.join(f['inter_node']) or 'n/a'}"
+                          + (f"; problems: {', '.join(f['problems'])}" if f["problems"] else "") + f") at {f['at']}",
+                          markup=False, highlight=False)
         for name, url in st["endpoints"].get("urls", {}).items():
             con.print(f"  {name:<8} {url}")
 

@@ -78,6 +78,18 @@ def _rdma(s: Any, flag: bool | None) -> tuple[bool, str]:
     return False, ""
 
 
+def _fabric_opts(s: Any, mode: str | None, rdma_on: bool, nodes: int) -> Any:
+    """FabricOptions for this group (None when the check is off): --fabric-check over launch.fabric_check."""
+    from dsv3ctl.adapters.fabric import options_from_spec
+    from dsv3ctl.errors import SpecError
+
+    if mode not in (None, "off", "warn", "enforce"):
+        raise SpecError(f"--fabric-check={mode!r}: use off, warn or enforce")
+    s2 = s.model_copy(update={"parallelism": s.parallelism.model_copy(update={"nodes": nodes})})
+    opts = options_from_spec(s2, mode=mode, rdma=rdma_on)
+    return None if opts.mode == "off" else opts
+
+
 def _group(s: Any, hosts: str | None, leader_address: str | None, group_size: int | None) -> list[str]:
     from dsv3ctl.errors import SpecError
     from dsv3ctl.render.launch import group_from_hosts, group_from_leader_address
@@ -101,10 +113,16 @@ def leader(
     mode: ModeOpt = None, frontend: FrontendOpt = None, model_repo: RepoOpt = None, model_dir: ModelDirOpt = None,
     http_port: HttpOpt = None, grpc_port: GrpcOpt = None, metrics_port: MetricsOpt = None,
     tritonserver: TritonOpt = None, extra_llm_api_options: ExtraOpt = None,
+    fabric_check: Annotated[str | None, typer.Option("--fabric-check", help="off | warn | enforce (default "
+                                                     "launch.fabric_check: enforce for several nodes, off for one).")] = None,
+    fabric_only: Annotated[bool, typer.Option("--fabric-only", help="No model: run the fabric check over the group "
+                                                                    "and exit (0 ok/warn, 1 fail).")] = False,
 ) -> None:
-    """Leader pod: preflight, check world size, set up SSH, wait for workers, write the hostfile, run mpirun.
+    """Leader pod: preflight, check world size, set up SSH, wait for workers, write the hostfile, run the fabric check
+    (an all-reduce over every rank with the server's mpirun and environment), run mpirun.
 
-    Exit code: mpirun's; 2 for a world-size mismatch or bad input; 1 when workers never appear or preflight fails.
+    Exit code: mpirun's; 2 for a world-size mismatch or bad input; 1 when workers never appear, preflight fails or the
+    fabric check fails (enforce).
     """
     from dsv3ctl.adapters import launcher as L
 
@@ -120,10 +138,13 @@ def leader(
     rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
                 rdma=rdma_on, gpus_per_node=gpn, skip=skip_preflight or [], rdma_source=rdma_source)
+    fabric = _fabric_opts(s, fabric_check or ("enforce" if fabric_only and s.launch.fabric_check in ("auto", "off")
+                                              else None), rdma_on, len(group))
     rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir),
                       wait_timeout_s=wait_timeout or lc.worker_wait_timeout_s,
-                      engine_dir=engine_dir if engine_dir is not None else lc.engine_dir)
+                      engine_dir=engine_dir if engine_dir is not None else lc.engine_dir, fabric=fabric,
+                      fabric_only=fabric_only)
     raise typer.Exit(rc)
 
 

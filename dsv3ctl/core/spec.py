@@ -231,6 +231,23 @@ class LaunchSpec(_Strict):
     shm_min_gib: float = Field(8.0, ge=0, description="Preflight: smallest /dev/shm (GiB) the ranks may start with")
     rdma: bool = Field(False, description="An RDMA resource was requested: preflight needs /dev/infiniband and "
                                           "an unlimited memlock limit")
+    fabric_check: Literal["auto", "off", "warn", "enforce"] = Field(
+        "auto", description="All-reduce over the whole world before the server starts (dsv3ctl.core.fabric): enforce "
+                            "stops the launch when NCCL uses sockets while RDMA is on, ranks disagree on the transport "
+                            "or the bus bandwidth is below fabric_min_busbw_gbps; warn only logs; auto = enforce for "
+                            "more than one node, off for one")
+    fabric_min_busbw_gbps: float = Field(
+        0.0, ge=0, description="Smallest all-reduce bus bandwidth (Gb/s, nccl-tests definition) at the largest size; "
+                               "0 = derived: 0.5 x deploy.rdma.count x 400 Gb/s for multi-node groups with RDMA, "
+                               "none otherwise (dsv3ctl plan states it)")
+    fabric_timeout_s: int = Field(300, ge=10, le=3600, description="Bound on the fabric check's rendezvous and "
+                                                                   "collectives (seconds)")
+
+    @field_validator("fabric_check", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        """YAML 1.1 reads a bare ``off`` as false (PyYAML's bool resolver): take it as ``"off"``."""
+        return "off" if v is False else v
 
 
 class SlurmSpec(_Strict):

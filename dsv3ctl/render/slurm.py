@@ -61,6 +61,7 @@ def render_sbatch(spec, image: str | None = None) -> str:  # type: ignore[no-unt
         'echo "job ${SLURM_JOB_ID:-?}: leader node $(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" '
         '| head -n 1), HTTP port ' + str(cfg.http_port) + '"',
         "",
+        *fabric_step(spec),
         "srun --mpi=pmix \\",
         f"  --nodes={p.nodes} --ntasks={p.world_size} --ntasks-per-node={p.gpus_per_node} \\",
         '  --container-image="${IMAGE}" \\',
@@ -70,3 +71,39 @@ def render_sbatch(spec, image: str | None = None) -> str:  # type: ignore[no-unt
         "",
     ]
     return "\n".join(lines)
+
+
+def fabric_step(spec) -> list[str]:  # type: ignore[no-untyped-def]
+    """The fabric check as two srun steps before the server (none when ``launch.fabric_check`` resolves to off): every
+    task runs the worker (dsv3ctl.adapters.fabric_worker, with the image's python3, which holds torch) with
+    ``NCCL_DEBUG=INFO``; one task judges the captured output with ``dsv3ctl fabric-check --from-log -``. Enforce:
+    a failed verdict ends the job (``set -e``); warn: it is logged only."""
+    from dsv3ctl.core import fabric as F
+
+    p, lc, rdma = spec.parallelism, spec.launch, spec.deploy.rdma
+    mode = lc.fabric_check if lc.fabric_check != "auto" else ("enforce" if p.nodes > 1 else "off")
+    if mode == "off":
+        return []
+    thr, _src = F.default_min_busbw_gbps(nodes=p.nodes, rdma=rdma.enabled, rdma_count=rdma.count,
+                                         explicit=lc.fabric_min_busbw_gbps)
+    judge = ["dsv3ctl", "fabric-check", "--from-log", "-", "--world", str(p.world_size), "--mode", mode,
+             "--rdma" if rdma.enabled else "--no-rdma", "--min-busbw-gbps", f"{thr:g}", "--runtime-dir", "/tmp"]
+    return [
+        f"# Fabric check (launch.fabric_check={lc.fabric_check} -> {mode}): one all-reduce over every rank before the",
+        "# server loads; NCCL's INFO lines tell the transport per channel (see docs/operations.md).",
+        'MASTER="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)"',
+        'FABRIC_LOG="${SLURM_SUBMIT_DIR:-.}/' + spec.slurm.job_name + '-fabric-${SLURM_JOB_ID:-0}.log"',
+        "# shellcheck disable=SC2016  # the worker path is expanded inside the container, not here",
+        "srun --mpi=pmix \\",
+        f"  --nodes={p.nodes} --ntasks={p.world_size} --ntasks-per-node={p.gpus_per_node} \\",
+        '  --container-image="${IMAGE}" \\',
+        '  --container-mounts="${MOUNTS}" \\',
+        "  --no-container-mount-home \\",
+        "  bash -c 'exec python3 \"$(dsv3ctl fabric-check --worker-path)\" \"$@\"' fabric-worker \\",
+        f'  --master-addr "${{MASTER}}" --timeout-s {lc.fabric_timeout_s} > "${{FABRIC_LOG}}" 2>&1 || true',
+        "srun --nodes=1 --ntasks=1 \\",
+        '  --container-image="${IMAGE}" \\',
+        "  --no-container-mount-home \\",
+        "  " + shlex.join(judge) + ' < "${FABRIC_LOG}"' + (" || true" if mode == "warn" else ""),
+        "",
+    ]
