@@ -324,6 +324,7 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     mpirun = mpirun or shutil.which("mpirun")
     if not mpirun:
         raise RuntimeFailure("mpirun not found on PATH; the image must contain OpenMPI (the NGC base provides it)")
+    check_server_flags(cfg)
     mpirun = os.path.abspath(mpirun)
     files = install_ssh(secret_dir=secret_dir, runtime_dir=runtime_dir, hosts=hosts, port=ssh_port,
                         path_env=env.get("PATH", os.defpath))
@@ -346,6 +347,33 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     rc = proc.wait()
     log("leader", f"mpirun exited with {rc}")
     return rc
+
+
+def check_server_flags(cfg: R.RankConfig, timeout_s: float = 120.0) -> None:
+    """Capability probe before any rank starts: the server's ``--help`` on this host (every pod runs the
+    same image) must list every flag the ranks would get (rank 0 and a non-zero rank: they differ in
+    engine mode). tritonserver is asked ``tritonserver --help``, trtllm-serve ``trtllm-serve serve --help``.
+    SpecError (exit 2) naming the flags and the server; RuntimeFailure (exit 1) when it cannot be asked.
+    Flags and their source: dsv3ctl/data/contracts/tritonserver.json and trtllm_serve.json."""
+    from dsv3ctl.adapters.probe import emitted_flags, read_help, refusal
+
+    world = max(cfg.tp * cfg.pp, 1)
+    argvs = [R.rank_argv(cfg, r) for r in sorted({0, min(1, world - 1)})]
+    if cfg.mode == "llmapi":
+        argvs = [a[1:] for a in argvs]  # after trtllm-llmapi-launch
+    exe = argvs[0][0]
+    help_argv = [exe, "serve", "--help"] if cfg.mode == "llmapi" and cfg.frontend == "trtllm-serve" else [exe, "--help"]
+    if not shutil.which(exe):
+        raise RuntimeFailure(f"{exe} not found on PATH; run inside the dsv3ctl image")
+    pr = read_help(help_argv, timeout_s)
+    if pr.error:
+        raise RuntimeFailure(f"cannot ask {exe} for its flags: {pr.error}")
+    flags = [f for a in argvs for f in emitted_flags(a[1:])]
+    miss = [f for f in dict.fromkeys(flags) if f not in pr.flags]
+    if miss:
+        raise SpecError(refusal(Path(exe).name, "the installed one", miss,
+                                "use the image built for this serving.mode (`dsv3ctl image build`)"))
+    log("leader", f"{Path(exe).name} accepts the {len(set(flags))} flags the ranks get")
 
 
 def _self_path() -> str:

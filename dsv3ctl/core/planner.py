@@ -301,7 +301,7 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     p, s = spec.parallelism, spec.serving
     gpu = GPUS[spec.hardware.gpu]
     plan = Plan(spec=spec, model=m, world_size=p.world_size, gpu_bytes=gpu.memory_bytes)
-    plan.checks = _layout_checks(spec, m)
+    plan.checks = _layout_checks(spec, m) + trtllm_pin_checks(spec)
     layout_ok = all(c.ok for c in plan.checks if c.name in ("world_size", "tp_divides_heads", "moe_ep_divides_tp"))
     if not layout_ok:
         return plan
@@ -353,6 +353,41 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
             + (" or ".join(alt) if alt else "more GPUs"),
         ))
     return plan
+
+
+# ------------------------------------------------------------------ the pinned TensorRT-LLM source
+def trtllm_pin_checks(spec: Spec) -> list[Check]:
+    """Whether ``image.trtllm_commit`` can convert ``model.precision`` in engine mode.
+
+    Source: the table ``dsv3ctl/data/trtllm_commits.json`` (:mod:`dsv3ctl.core.trtllm_pin`), e.g.
+    deepseek branch @ 0321f71e ``examples/deepseek_v3/convert_checkpoint.py`` has no ``--use_fp8_weights``
+    and ``tensorrt_llm/models/deepseek_v2/config.py:168`` hard-codes ``fp8_format=False``; FP8 weights
+    came with PR #2719 (merged 2025-01-24). A commit the table does not know passes with a warning
+    (``dsv3ctl convert`` probes the installed converter before it starts).
+    """
+    from dsv3ctl.core import trtllm_pin as pin
+
+    im, prec, mode = spec.image, spec.model.precision, spec.serving.mode
+    if mode != "engine":
+        return []
+    lack, known = pin.missing(im.trtllm_commit, prec, mode)
+    if lack:
+        alts = pin.good_refs(pin.needs(prec, mode))
+        alt = f"image.trtllm_commit: {alts[0]}" if alts else "a deepseek-branch commit that contains PR #2719"
+        others = "" if prec != "fp8" else " (or model.precision: bf16 after `dsv3ctl weights cast-bf16`)"
+        return [Check(
+            "trtllm_commit_capability", False,
+            f"image.trtllm_commit={im.trtllm_commit[:12]} cannot convert model.precision={prec} in engine mode: it "
+            f"lacks {', '.join(sorted(lack))} ({(known.provenance[0] if known else '')}); use {alt}{others}",
+        )]
+    if known is None:
+        return [Check("trtllm_commit_capability", True,
+                      f"image.trtllm_commit={im.trtllm_commit[:12]} is not in dsv3ctl's table of known TensorRT-LLM "
+                      f"commits; `dsv3ctl convert` checks the installed converter's flags before it starts",
+                      severity="warning")]
+    how = "read in its source" if known.verified_from_source else "per its README; the converter is probed at convert time"
+    return [Check("trtllm_commit_capability", True,
+                  f"image.trtllm_commit={im.trtllm_commit[:12]} converts {prec} ({how})")]
 
 
 #: Checks about the parallel layout itself (not the memory fit): what renderers refuse to render.
