@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dsv3ctl.errors import RuntimeFailure, SpecError
 from dsv3ctl.fsutil import atomic_write_text
@@ -311,10 +312,13 @@ def _engine_dir_from_pbtxt(pbtxt: Path) -> Path:
 
 def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port: int, secret_dir: str,
                runtime_dir: str, wait_timeout_s: float, engine_dir: str = "", dsv3ctl: str | None = None,
-               mpirun: str | None = None, env: Mapping[str, str] | None = None) -> int:
+               mpirun: str | None = None, env: Mapping[str, str] | None = None,
+               rank_cmd: Sequence[str] | None = None, stdout: Any = None, timeout_s: float | None = None) -> int:
     """Leader: SSH set-up, world-size check, wait for workers, hostfile, mpirun. Returns mpirun's exit code.
 
     The world-size check runs before any waiting, so a mismatch is refused at once (SpecError, exit 2).
+    ``rank_cmd`` replaces the server (``dsv3ctl launch rank``) as what every rank runs (``dsv3ctl smoke``);
+    ``stdout`` receives mpirun's stdout; after ``timeout_s`` seconds mpirun is stopped (RuntimeFailure).
     """
     env = dict(os.environ if env is None else env)
     hosts = list(group)
@@ -324,7 +328,8 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     mpirun = mpirun or shutil.which("mpirun")
     if not mpirun:
         raise RuntimeFailure("mpirun not found on PATH; the image must contain OpenMPI (the NGC base provides it)")
-    check_server_flags(cfg)
+    if rank_cmd is None:
+        check_server_flags(cfg)
     mpirun = os.path.abspath(mpirun)
     files = install_ssh(secret_dir=secret_dir, runtime_dir=runtime_dir, hosts=hosts, port=ssh_port,
                         path_env=env.get("PATH", os.defpath))
@@ -334,17 +339,28 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     atomic_write_text(hostfile, R.hostfile_text(hosts, slots))
     exe = dsv3ctl or _self_path()
     argv = R.mpirun_argv(mpirun=mpirun, hostfile=str(hostfile), world_size=world, ssh_config=str(files.ssh_config),
-                         forward=R.forwarded_env(env), rank_cmd=[exe, "launch", "rank", *cfg.to_args()],
+                         forward=R.forwarded_env(env),
+                         rank_cmd=list(rank_cmd) if rank_cmd else [exe, "launch", "rank", *cfg.to_args()],
                          as_root=os.geteuid() == 0)
     log("leader", "exec: " + R.shell_join(argv))
-    proc = subprocess.Popen(argv, env=env)
+    proc = subprocess.Popen(argv, env=env, stdout=stdout)
 
     def forward(sig: int, _frame: object) -> None:
         proc.send_signal(sig)
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, forward)
-    rc = proc.wait()
+    try:
+        rc = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise RuntimeFailure(f"mpirun ({R.shell_join(list(rank_cmd or ['dsv3ctl', 'launch', 'rank']))[:120]}) did "
+                             f"not finish within {timeout_s:.0f} s; stopped it") from None
     log("leader", f"mpirun exited with {rc}")
     return rc
 
