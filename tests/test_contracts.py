@@ -199,3 +199,20 @@ def test_engine_skeleton_claims_fp8_format_only_where_the_source_was_read():
     assert "fp8_format" not in engine_config(Spec.model_validate({}))["pretrained_config"]  # branch: not read
     old = Spec.model_validate({"image": {"trtllm_commit": "0321f71e"}, "model": {"precision": "bf16"}})
     assert engine_config(old)["pretrained_config"]["fp8_format"] is False  # config.py:168 @ 0321f71e
+
+
+def test_smoke_llmapi_call_uses_fields_of_the_llm_api_contracts():
+    """The llmapi smoke call's LLM(...) keywords and SamplingParams(...) fields are in the LLM API contract
+    files (llm_args.json, sampling_params.json) when they are shipped."""
+    import re
+
+    from dsv3ctl.render import smoke as S
+
+    have = set(contracts.names())
+    if not {"llm_args", "sampling_params"} <= have:
+        pytest.skip("the LLM API contract files (llm_args.json, sampling_params.json) are not in this tree")
+    prog = S._LLMAPI_PROGRAM
+    llm_kw = re.findall(r"(\w+)=a\[", prog.split("SamplingParams(")[0].split("LLM(")[1])
+    sp_kw = re.findall(r"(\w+)=a\[", prog.split("SamplingParams(")[1])
+    assert contracts.load("llm_args").missing(llm_kw) == []
+    assert contracts.load("sampling_params").missing(sp_kw) == []
