@@ -23,25 +23,21 @@ VERSION = "0.17.0.dev2024121700"
 GIB = 1024 ** 3
 
 CONVERT_DOUBLE = r'''
-"""TEST DOUBLE of the deepseek branch's examples/deepseek_v3/convert_checkpoint.py (flags of the reference)."""
-import argparse, json, os, sys
+"""TEST DOUBLE of the deepseek branch's examples/deepseek_v3/convert_checkpoint.py: its argparse is built
+from dsv3ctl/data/contracts/convert_checkpoint.json (the flags read at the pinned commit) with the
+capabilities of DSV3CTL_DOUBLE_COMMIT (dsv3ctl/data/trtllm_commits.json), so it rejects what that
+commit's converter rejects."""
+import json, os, sys
 from pathlib import Path
-p = argparse.ArgumentParser()
-p.add_argument("--model_dir", required=True)
-p.add_argument("--output_dir", required=True)
-p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float16")
-p.add_argument("--tp_size", type=int, default=1)
-p.add_argument("--pp_size", type=int, default=1)
-p.add_argument("--moe_tp_size", type=int, default=-1)
-p.add_argument("--moe_ep_size", type=int, default=-1)
-p.add_argument("--workers", type=int, default=1)
-p.add_argument("--use_fp8_weights", action="store_true")
-a = p.parse_args()
+from dsv3ctl.core.contracts import argparser
+from dsv3ctl.core.trtllm_pin import lookup
+caps = lookup(os.environ.get("DSV3CTL_DOUBLE_COMMIT", "deepseek")).has
+a = argparser("convert_checkpoint", caps).parse_args()
 with open(os.environ["DSV3CTL_DOUBLE_RECORD"], "a") as f:
     f.write(json.dumps({"tool": "convert", "argv": sys.argv, "env": dict(os.environ)}) + "\n")
-assert a.moe_tp_size * a.moe_ep_size == a.tp_size
-out = Path(a.output_dir); out.mkdir(parents=True, exist_ok=True)
-world = a.tp_size * a.pp_size
+assert a.opt_moe_tp_size * a.opt_moe_ep_size == a.opt_tp_size
+out = Path(a.opt_output_dir); out.mkdir(parents=True, exist_ok=True)
+world = a.opt_tp_size * a.opt_pp_size
 fail_after = int(os.environ.get("DSV3CTL_DOUBLE_FAIL_AFTER", "-1"))
 print("[TensorRT-LLM] TensorRT-LLM version: test double", flush=True)
 for r in range(world):
@@ -50,30 +46,28 @@ for r in range(world):
         sys.exit(3)
     (out / f"rank{r}.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     print(f"converted rank {r}", flush=True)
-tp = a.tp_size + (1 if os.environ.get("DSV3CTL_DOUBLE_BAD_MAPPING") else 0)
-(out / "config.json").write_text(json.dumps({"architecture": "DeepseekV3ForCausalLM", "dtype": a.dtype,
-    "mapping": {"world_size": world, "gpus_per_node": 8, "cp_size": 1, "tp_size": tp, "pp_size": a.pp_size,
-                "moe_tp_size": a.moe_tp_size, "moe_ep_size": a.moe_ep_size}}))
+tp = a.opt_tp_size + (1 if os.environ.get("DSV3CTL_DOUBLE_BAD_MAPPING") else 0)
+(out / "config.json").write_text(json.dumps({"architecture": "DeepseekV3ForCausalLM", "dtype": a.opt_dtype,
+    "mapping": {"world_size": world, "gpus_per_node": 8, "cp_size": 1, "tp_size": tp, "pp_size": a.opt_pp_size,
+                "moe_tp_size": a.opt_moe_tp_size, "moe_ep_size": a.opt_moe_ep_size}}))
 '''
 
 BUILD_DOUBLE = r'''
-"""TEST DOUBLE of trtllm-build (the flags dsv3ctl passes, per the deepseek branch README)."""
-import argparse, json, os, sys
+"""TEST DOUBLE of trtllm-build: its argparse is built from dsv3ctl/data/contracts/trtllm_build.json
+(tensorrt_llm/commands/build.py + the plugin flags at the pinned commit, with their value choices)."""
+import json, os, sys
 from pathlib import Path
-p = argparse.ArgumentParser()
-for k in ("--checkpoint_dir", "--output_dir", "--use_paged_context_fmha", "--gpt_attention_plugin", "--gemm_plugin"):
-    p.add_argument(k)
-for k in ("--max_batch_size", "--max_seq_len", "--max_input_len", "--max_num_tokens", "--max_beam_width", "--workers"):
-    p.add_argument(k, type=int)
-a = p.parse_args()
+from dsv3ctl.core.contracts import argparser
+without = tuple(x for x in os.environ.get("DSV3CTL_DOUBLE_WITHOUT", "").split(",") if x)  # an older tool
+a = argparser("trtllm_build", prog="trtllm-build", without=without).parse_args()
 with open(os.environ["DSV3CTL_DOUBLE_RECORD"], "a") as f:
     f.write(json.dumps({"tool": "build", "argv": sys.argv, "env": dict(os.environ)}) + "\n")
-pc = json.loads((Path(a.checkpoint_dir) / "config.json").read_text())
-out = Path(a.output_dir); out.mkdir(parents=True, exist_ok=True)
+pc = json.loads((Path(a.opt_checkpoint_dir) / "config.json").read_text())
+out = Path(a.opt_output_dir); out.mkdir(parents=True, exist_ok=True)
 for r in range(pc["mapping"]["world_size"]):
     (out / f"rank{r}.engine").write_bytes(b"engine test double")
     print(f"built rank {r}", flush=True)
-bc = {k: getattr(a, k) for k in ("max_batch_size", "max_seq_len", "max_input_len", "max_num_tokens", "max_beam_width")}
+bc = {k: getattr(a, "opt_" + k) for k in ("max_batch_size", "max_seq_len", "max_input_len", "max_num_tokens", "max_beam_width")}
 (out / "config.json").write_text(json.dumps({"version": "0.17.0", "pretrained_config": pc, "build_config": bc}))
 '''
 
@@ -375,3 +369,46 @@ def test_cli_import_stays_light():
             "print([m for m in ('numpy', 'torch', 'dsv3ctl.adapters.trtllm') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ capability probes
+def test_convert_refuses_a_converter_without_use_fp8_weights_before_it_starts(run_cli, tools, hf_ckpt, spec8,
+                                                                              tmp_path, monkeypatch):
+    """The stand-in converter of the 0321f71e pin (its argparse from the contract data) has no
+    --use_fp8_weights: convert asks its --help first and refuses (exit 2) without running a conversion."""
+    monkeypatch.setenv("DSV3CTL_DOUBLE_COMMIT", "0321f71e9559906096211de557d0db52d840615a")
+    stamp = tmp_path / "TRTLLM_COMMIT"
+    stamp.write_text("0321f71e9559906096211de557d0db52d840615a\n")
+    monkeypatch.setenv(T.COMMIT_FILE_ENV, str(stamp))
+    r = _convert(run_cli, tools, hf_ckpt, tmp_path / "ckpt", spec8)
+    msg = r.err + r.out
+    assert r.code == 2, msg
+    assert "--use_fp8_weights" in msg and VERSION in msg and "0321f71e9559" in msg and "image.trtllm_commit" in msg
+    assert tools.calls() == [] and not (tmp_path / "ckpt").exists()
+
+
+def test_convert_with_the_fp8_pin_passes_the_probe(run_cli, tools, hf_ckpt, spec8, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSV3CTL_DOUBLE_COMMIT", "deepseek")
+    r = _convert(run_cli, tools, hf_ckpt, tmp_path / "ckpt", spec8)
+    assert r.code == 0, r.err + r.out
+    assert "--use_fp8_weights" in tools.calls()[0]["argv"]
+
+
+def test_build_engine_refuses_a_trtllm_build_without_a_flag(run_cli, tools, hf_ckpt, spec8, tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    assert _convert(run_cli, tools, hf_ckpt, ckpt, spec8).code == 0
+    monkeypatch.setenv("DSV3CTL_DOUBLE_WITHOUT", "--max_num_tokens")
+    r = run_cli("build-engine", ckpt, tmp_path / "eng", "-f", spec8, "--python", sys.executable)
+    assert r.code == 2, r.err + r.out
+    assert "--max_num_tokens" in r.err + r.out and "trtllm-build" in r.err + r.out
+    assert [c for c in tools.calls() if c["tool"] == "build"] == []
+
+
+def test_probe_that_cannot_run_is_a_runtime_failure(tmp_path):
+    from dsv3ctl.adapters.probe import read_help
+
+    assert read_help([str(tmp_path / "nope"), "--help"]).error
+    quiet = tmp_path / "quiet"
+    quiet.write_text("#!/bin/sh\nexit 0\n")
+    quiet.chmod(0o755)
+    assert "listed no flags" in read_help([str(quiet), "--help"]).error

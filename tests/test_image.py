@@ -135,3 +135,33 @@ def test_install_script_passes_shellcheck():
         pytest.skip("shellcheck not installed (make sys-deps installs it)")
     r = subprocess.run([sc, str(ROOT / "docker" / "install-dsv3ctl.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_branch_pin_is_resolved_with_git_and_passed_as_the_commit(run_cli, write_spec, tmp_path, monkeypatch):
+    """A branch image.trtllm_commit (the default `deepseek`) is resolved with the real git ls-remote (here
+    against a local repository) and the SHA becomes TRTLLM_COMMIT (the ai.dsv3ctl.trtllm-commit label);
+    the Dockerfile writes the checked-out SHA to the file dsv3ctl reads."""
+    from dsv3ctl.cli.image import resolve_branch
+    from dsv3ctl.core.trtllm_pin import STAMP_PATH
+    from dsv3ctl.errors import RuntimeFailure
+
+    repo = tmp_path / "trtllm"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q", "-b", "deepseek", str(repo)], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True, env=env)
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert resolve_branch(str(repo), "deepseek") == sha
+    with pytest.raises(RuntimeFailure, match="no branch nope"):
+        resolve_branch(str(repo), "nope")
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "rev-parse HEAD > /build/TRTLLM_COMMIT" in text and f"/build/TRTLLM_COMMIT {STAMP_PATH}" in text
+    from dsv3ctl.core.spec import load_spec
+    from dsv3ctl.render.image import build_commands
+
+    spec = write_spec({"image": {"trtllm_repo": str(repo)}})
+    cmd = build_commands(load_spec(spec), builder="docker", target="engine", trtllm_commit=sha).commands[0]
+    assert f"TRTLLM_COMMIT={sha}" in cmd
+    r = run_cli("image", "build", "--spec", spec, "--dry-run", "--builder", "docker", "--target", "engine")
+    assert r.code == 0 and "TRTLLM_COMMIT=deepseek" in r.out and "git ls-remote" in r.err

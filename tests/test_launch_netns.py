@@ -48,8 +48,12 @@ if _why:
 
 STANDIN = textwrap.dedent('''\
     #!{python}
-    """Test double for tritonserver (the real one needs GPUs): records rank, argv, env and network namespace."""
+    """Test double for tritonserver (the real one needs GPUs): its option parser is built from
+    dsv3ctl/data/contracts/tritonserver.json (server v2.52.0 command_line_parser.cc), so --help lists the
+    real flags and an unknown flag or value fails; then it records rank, argv, env and network namespace."""
     import json, os, sys, time
+    from dsv3ctl.core.contracts import argparser
+    argparser("tritonserver").parse_args()
     rank = os.environ.get("OMPI_COMM_WORLD_RANK", "?")
     rec = {{"rank": rank, "argv": sys.argv, "netns": os.stat("/proc/self/ns/net").st_ino,
            "hostname": os.uname().nodename,

@@ -11,7 +11,12 @@ from dsv3ctl.core.spec import parse_spec
 from dsv3ctl.errors import SpecError
 
 RULES = {"world_size", "tp_divides_heads", "moe_ep_divides_tp", "moe_ep_divides_experts", "engine_pp",
-         "engine_hopper", "fp8_sm", "max_num_tokens", "memory_weights", "memory_kv_cache", "max_seq_len"}
+         "engine_hopper", "fp8_sm", "max_num_tokens", "memory_weights", "memory_kv_cache", "max_seq_len",
+         # the pinned TensorRT-LLM commit and the converter's shape rules
+         "trtllm_commit_capability", "tp_split_q_b_proj", "tp_split_kv_b_proj", "tp_split_o_proj", "tp_split_dense",
+         "tp_split_shared", "moe_tp_divides_moe_inter", "moe_mixed_tp_ep", "fp8_block_q_b_proj",
+         "fp8_block_kv_b_proj", "fp8_block_o_proj", "fp8_block_dense", "fp8_block_shared",
+         "fp8_block_routed_experts", "mla_chunked_context"}
 
 
 def spec(**sections):
@@ -145,3 +150,104 @@ def test_partial_spec_keeps_plain_enum_values():
     s = spec(deploy={"replicas": 1})
     assert type(s.serving.mode) is str and s.serving.mode == "engine"
     assert type(s.model.precision) is str and s.model.precision == "fp8"
+
+
+# ------------------------------------------------------------------ converter shape rules (property tests)
+import re as _re  # noqa: E402
+
+from dsv3ctl.core.planner import FP8_BLOCK, converter_shape_checks, tp_splits  # noqa: E402
+from dsv3ctl.core.spec import Spec  # noqa: E402
+
+
+def _layout_spec(tp: int, ep: int, prec: str, commit: str, **serving) -> Spec:
+    gpn = min(tp, 8)
+    return Spec.model_validate({
+        "parallelism": {"nodes": max(1, tp // gpn), "gpus_per_node": gpn, "tp": tp, "moe_ep": ep},
+        "model": {"precision": prec}, "image": {"trtllm_commit": commit}, "hardware": {"gpu": "H200"},
+        "serving": serving})
+
+
+def _apply(spec: Spec, fix: str) -> Spec:
+    """Apply a suggested 'parallelism.tp=X with nodes=N [and gpus_per_node=G]' / 'parallelism.moe_ep=E' /
+    'max_num_tokens=N' to ``spec``."""
+    d = spec.model_dump()
+    if m := _re.search(r"parallelism\.tp=(\d+) with nodes=(\d+)(?: and gpus_per_node=(\d+))? and moe_ep=(\d+)",
+                       fix):
+        d["parallelism"].update(tp=int(m[1]), nodes=int(m[2]), moe_ep=int(m[4]))
+        if m[3]:
+            d["parallelism"]["gpus_per_node"] = int(m[3])
+    elif m := _re.search(r"parallelism\.moe_ep=(\d+)", fix):
+        d["parallelism"]["moe_ep"] = int(m[1])
+    elif m := _re.search(r"max_num_tokens=(\d+)", fix):
+        d["serving"]["max_num_tokens"] = int(m[1])
+    else:
+        raise AssertionError(f"no fix to apply in: {fix}")
+    return Spec.model_validate(d)
+
+
+_TPS = st.sampled_from([1, 2, 4, 8, 16, 32, 64, 128])
+
+
+@settings(max_examples=60, deadline=None)
+@given(tp=_TPS, ep_i=st.integers(0, 7), prec=st.sampled_from(["fp8", "bf16"]),
+       commit=st.sampled_from(["deepseek", "0321f71e9559906096211de557d0db52d840615a"]))
+def test_converter_rules_hold_exactly_and_every_fix_passes(tp, ep_i, prec, commit):
+    from dsv3ctl.core.model import DeepSeekV3Config as C
+
+    m = C.default()
+    eps = [d for d in range(1, tp + 1) if tp % d == 0]
+    ep = eps[ep_i % len(eps)]
+    spec = _layout_spec(tp, ep, prec, commit)
+    checks = {c.name: c for c in converter_shape_checks(spec, m)}
+    for name, (size, _w) in tp_splits(m).items():
+        c = checks[f"tp_split_{name.split(' ')[0]}"]
+        assert c.ok == (size % tp == 0)
+        fb = checks.get(f"fp8_block_{name.split(' ')[0]}")
+        assert (fb is not None) == (prec == "fp8" and size % tp == 0 and (size // tp) % FP8_BLOCK != 0)
+    verified = commit != "deepseek"
+    mixed = checks.get("moe_mixed_tp_ep")
+    assert (mixed is not None) == (ep not in (1, tp))
+    if mixed is not None:
+        assert mixed.ok == (not verified) and mixed.severity == ("error" if verified else "warning")
+    assert checks["moe_tp_divides_moe_inter"].ok == (m.moe_intermediate % (tp // ep) == 0)
+    for c in checks.values():
+        if c.ok:
+            continue
+        assert "use " in c.message and "parallelism." in c.message  # names the field and an alternative
+        fix = c.message.rsplit("use ", 1)[1]
+        if "parallelism." not in fix:
+            continue  # model.precision: bf16 (only when no tp works for fp8)
+        fixed = _apply(spec, fix)
+        after = {x.name: x for x in converter_shape_checks(fixed, m)}
+        assert after.get(c.name) is None or after[c.name].ok, (c.message, after[c.name].message)
+        assert all(x.ok for x in after.values()), [x.message for x in after.values() if not x.ok]
+
+
+@settings(max_examples=40, deadline=None)
+@given(mil=st.integers(1, 8192), mnt=st.integers(1, 16384), mode=st.sampled_from(["engine", "llmapi"]),
+       gpu=st.sampled_from(["H200", "H100-80GB", "A100-80GB"]))
+def test_mla_chunked_context_on_hopper(mil, mnt, mode, gpu):
+    from dsv3ctl.core.hardware import GPUS
+    from dsv3ctl.core.model import DeepSeekV3Config as C
+
+    spec = Spec.model_validate({"serving": {"mode": mode, "enable_chunked_context": True, "max_input_len": mil,
+                                            "max_seq_len": mil + 1, "max_num_tokens": mnt},
+                                "hardware": {"gpu": gpu}, "parallelism": {"nodes": 2, "gpus_per_node": 8, "tp": 16}})
+    c = next((x for x in converter_shape_checks(spec, C.default()) if x.name == "mla_chunked_context"), None)
+    hopper = GPUS[gpu].sm == 90
+    assert (c is not None) == (hopper and mnt < mil)
+    if c is not None:
+        assert c.ok == (mode != "engine") and "#3486" in c.message
+        fixed = _apply(spec, c.message.rsplit("use ", 1)[1])
+        assert not [x for x in converter_shape_checks(fixed, C.default()) if x.name == "mla_chunked_context"]
+
+
+def test_fp8_tp32_dense_layers_cut_scale_blocks_and_bf16_does_not():
+    """18432 / 32 = 576 rows per rank: 4.5 blocks of 128 (FP8 fails, BF16 passes): why the README converts
+    FP8 at tp 8/16 and BF16 at tp 32."""
+    from dsv3ctl.core.model import DeepSeekV3Config as C
+
+    f = {c.name: c for c in converter_shape_checks(_layout_spec(32, 1, "fp8", "deepseek"), C.default())}
+    assert not f["fp8_block_dense"].ok and "parallelism.tp=16" in f["fp8_block_dense"].message
+    b = {c.name: c for c in converter_shape_checks(_layout_spec(32, 1, "bf16", "deepseek"), C.default())}
+    assert all(c.ok for c in b.values())

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsv3ctl.errors import RuntimeFailure, SpecError
 from dsv3ctl.fsutil import atomic_write_text
@@ -316,13 +316,16 @@ def _engine_dir_from_pbtxt(pbtxt: Path) -> Path:
 def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port: int, secret_dir: str,
                runtime_dir: str, wait_timeout_s: float, engine_dir: str = "", dsv3ctl: str | None = None,
                mpirun: str | None = None, env: Mapping[str, str] | None = None,
-               fabric: FabricOptions | None = None, fabric_only: bool = False) -> int:
+               fabric: FabricOptions | None = None, fabric_only: bool = False,
+               rank_cmd: Sequence[str] | None = None, stdout: Any = None, timeout_s: float | None = None) -> int:
     """Leader: SSH set-up, world-size check, wait for workers, hostfile, the fabric check (``fabric``, see
     :mod:`dsv3ctl.adapters.fabric`: same mpirun, hostfile and environment as the server), mpirun. Returns mpirun's
     exit code.
 
     The world-size check runs before any waiting, so a mismatch is refused at once (SpecError, exit 2).
     ``fabric_only``: no model (no world-size check against it), the fabric check and exit 0 (ok or warn) or 1.
+    ``rank_cmd`` replaces the server (``dsv3ctl launch rank``) as what every rank runs (``dsv3ctl smoke``);
+    ``stdout`` receives mpirun's stdout; after ``timeout_s`` seconds mpirun is stopped (RuntimeFailure).
     """
     env = dict(os.environ if env is None else env)
     hosts = list(group)
@@ -338,6 +341,8 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     mpirun = mpirun or shutil.which("mpirun")
     if not mpirun:
         raise RuntimeFailure("mpirun not found on PATH; the image must contain OpenMPI (the NGC base provides it)")
+    if rank_cmd is None:
+        check_server_flags(cfg)
     mpirun = os.path.abspath(mpirun)
     files = install_ssh(secret_dir=secret_dir, runtime_dir=runtime_dir, hosts=hosts, port=ssh_port,
                         path_env=env.get("PATH", os.defpath))
@@ -347,9 +352,9 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
     atomic_write_text(hostfile, R.hostfile_text(hosts, slots))
     exe = dsv3ctl or _self_path()
 
-    def mpi_for(rank_cmd: list[str]) -> list[str]:
+    def mpi_for(cmd: list[str]) -> list[str]:
         return R.mpirun_argv(mpirun=mpirun, hostfile=str(hostfile), world_size=world, ssh_config=str(files.ssh_config),
-                             forward=R.forwarded_env(env), rank_cmd=rank_cmd, as_root=os.geteuid() == 0)
+                             forward=R.forwarded_env(env), rank_cmd=cmd, as_root=os.geteuid() == 0)
 
     if fabric is not None:
         from dsv3ctl.adapters import fabric as FC
@@ -359,18 +364,55 @@ def run_leader(*, group: Sequence[str], slots: int, cfg: R.RankConfig, ssh_port:
                  log=lambda m: log("leader", m))
         if fabric_only:
             return 0
-    argv = mpi_for([exe, "launch", "rank", *cfg.to_args()])
+    argv = mpi_for(list(rank_cmd) if rank_cmd else [exe, "launch", "rank", *cfg.to_args()])
     log("leader", "exec: " + R.shell_join(argv))
-    proc = subprocess.Popen(argv, env=env)
+    proc = subprocess.Popen(argv, env=env, stdout=stdout)
 
     def forward(sig: int, _frame: object) -> None:
         proc.send_signal(sig)
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, forward)
-    rc = proc.wait()
+    try:
+        rc = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise RuntimeFailure(f"mpirun ({R.shell_join(list(rank_cmd or ['dsv3ctl', 'launch', 'rank']))[:120]}) did "
+                             f"not finish within {timeout_s:.0f} s; stopped it") from None
     log("leader", f"mpirun exited with {rc}")
     return rc
+
+
+def check_server_flags(cfg: R.RankConfig, timeout_s: float = 120.0) -> None:
+    """Capability probe before any rank starts: the server's ``--help`` on this host (every pod runs the
+    same image) must list every flag the ranks would get (rank 0 and a non-zero rank: they differ in
+    engine mode). tritonserver is asked ``tritonserver --help``, trtllm-serve ``trtllm-serve serve --help``.
+    SpecError (exit 2) naming the flags and the server; RuntimeFailure (exit 1) when it cannot be asked.
+    Flags and their source: dsv3ctl/data/contracts/tritonserver.json and trtllm_serve.json."""
+    from dsv3ctl.adapters.probe import emitted_flags, read_help, refusal
+
+    world = max(cfg.tp * cfg.pp, 1)
+    argvs = [R.rank_argv(cfg, r) for r in sorted({0, min(1, world - 1)})]
+    if cfg.mode == "llmapi":
+        argvs = [a[1:] for a in argvs]  # after trtllm-llmapi-launch
+    exe = argvs[0][0]
+    help_argv = [exe, "serve", "--help"] if cfg.mode == "llmapi" and cfg.frontend == "trtllm-serve" else [exe, "--help"]
+    if not shutil.which(exe):
+        raise RuntimeFailure(f"{exe} not found on PATH; run inside the dsv3ctl image")
+    pr = read_help(help_argv, timeout_s)
+    if pr.error:
+        raise RuntimeFailure(f"cannot ask {exe} for its flags: {pr.error}")
+    flags = [f for a in argvs for f in emitted_flags(a[1:])]
+    miss = [f for f in dict.fromkeys(flags) if f not in pr.flags]
+    if miss:
+        raise SpecError(refusal(Path(exe).name, "the installed one", miss,
+                                "use the image built for this serving.mode (`dsv3ctl image build`)"))
+    log("leader", f"{Path(exe).name} accepts the {len(set(flags))} flags the ranks get")
 
 
 def _self_path() -> str:

@@ -199,6 +199,39 @@ def sha256_file(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ checks
+#: File override for the image's TensorRT-LLM commit stamp (tests point it into tmp).
+COMMIT_FILE_ENV = "DSV3CTL_TRTLLM_COMMIT_FILE"
+
+
+def installed_commit() -> str:
+    """The TensorRT-LLM commit the image was built from (:data:`dsv3ctl.core.trtllm_pin.STAMP_PATH`,
+    written by docker/Dockerfile), or "" outside the image."""
+    from dsv3ctl.core.trtllm_pin import STAMP_PATH
+
+    p = Path(os.environ.get(COMMIT_FILE_ENV) or STAMP_PATH)
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return ""
+
+
+def check_accepts(pf: Preflight, tool: str, help_argv: list[str], argv: list[str], fix: str) -> None:
+    """Capability probe: ``help_argv`` (the tool's ``--help``) must list every flag of ``argv``; a flag it
+    does not list is a spec error (exit 2) naming the flag, the tool, the installed TensorRT-LLM version and
+    commit, and ``fix``. A probe that cannot run is a runtime error (exit 1)."""
+    from dsv3ctl.adapters.probe import read_help, refusal, unaccepted
+
+    pr = read_help(help_argv)
+    commit = installed_commit()
+    version = f"tensorrt_llm {pf.trtllm.get('version', 'unknown')}" + (f", commit {commit[:12]}" if commit else "")
+    if pr.error:
+        pf.error("flags", f"cannot ask {tool} for its flags: {pr.error}", f"run inside the engine image, or {fix}")
+        return
+    miss = unaccepted(argv, pr)
+    if miss:
+        pf.error("flags", refusal(tool, version, miss, fix), fix, spec=True)
+
+
 def _check_trtllm(pf: Preflight, python: str, probe: Callable[[str], dict[str, Any]]) -> None:
     info = probe(python)
     pf.trtllm = info

@@ -23,6 +23,7 @@ from dsv3ctl.cli import launch as _launch
 from dsv3ctl.cli import plan as _plan
 from dsv3ctl.cli import repo as _repo
 from dsv3ctl.cli import slurm as _slurm
+from dsv3ctl.cli import smoke as _smoke
 from dsv3ctl.cli import spec as _spec
 from dsv3ctl.cli import weights as _weights
 from dsv3ctl.cli._common import STATE
@@ -64,6 +65,7 @@ _image.register(app)
 _slurm.register(app)
 _weights.register(app)
 _convert.register(app)
+_smoke.register(app)
 
 
 def _json_mode(argv: list[str]) -> bool:

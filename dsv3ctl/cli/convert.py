@@ -101,6 +101,11 @@ def convert(
     exe = T.shutil.which(python) or python
     argv = convert_argv(s, model_dir.absolute(), T.partial_dir(out.absolute()), max(pf.workers, 1),
                         python=exe, script=convert_script)
+    if not dry_run and Path(convert_script).is_file():
+        T.check_accepts(pf, "convert_checkpoint.py", [exe, convert_script, "--help"], argv,
+                        "build the engine image from a TensorRT-LLM commit whose converter has these flags "
+                        "(image.trtllm_commit: deepseek; dsv3ctl/data/trtllm_commits.json), or change "
+                        "model.precision")
     if dry_run:
         _dry(sink, "convert", argv, pf, out)
         return
@@ -141,6 +146,10 @@ def build_engine(
                  "run inside the engine image (it installs trtllm-build) or pass --trtllm-build PATH")
     argv = build_argv(s, ckpt_dir.absolute(), T.partial_dir(out.absolute()), max(pf.workers, 1),
                       exe=exe or trtllm_build)
+    if not dry_run and exe:
+        T.check_accepts(pf, "trtllm-build", [exe, "--help"], argv,
+                        "use the engine image built from image.trtllm_commit (the trtllm-build of that commit), "
+                        "or change the serving options that add the flag")
     if dry_run:
         _dry(sink, "build-engine", argv, pf, out)
         return

@@ -70,6 +70,29 @@ def _vcs_ref(context: Path) -> str:
         return ""
 
 
+def resolve_branch(repo: str, ref: str, timeout_s: float = 60.0) -> str:
+    """The SHA ``ref`` (a branch) points at in ``repo``: ``git ls-remote <repo> refs/heads/<ref>``.
+    RuntimeFailure (exit 1) naming the repo and branch when git fails, times out or finds no such branch."""
+    import subprocess
+
+    from dsv3ctl.errors import RuntimeFailure
+
+    try:
+        r = subprocess.run(["git", "ls-remote", repo, f"refs/heads/{ref}"], capture_output=True, text=True,
+                           timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"git ls-remote {repo} refs/heads/{ref}: no answer within {timeout_s:.0f} s "
+                             "(resolving image.trtllm_commit)") from None
+    except OSError as e:
+        raise RuntimeFailure(f"git ls-remote {repo}: {e} (resolving image.trtllm_commit); install git or "
+                             "set image.trtllm_commit to a commit SHA") from None
+    sha = r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else ""
+    if not sha:
+        raise RuntimeFailure(f"image.trtllm_commit={ref}: no branch {ref} in {repo} "
+                             f"({r.stderr.strip() or 'git ls-remote found nothing'}); set a commit SHA or a branch")
+    return sha
+
+
 def build(
     spec: SpecOpt = None,
     target: Annotated[str | None, typer.Option("--target", help="llmapi | engine (default: serving.mode).")] = None,
@@ -106,8 +129,19 @@ def build(
                 raise RuntimeFailure("no image builder found: install docker with the buildx plugin, podman or buildah")
             sys.stderr.write("note: no image builder found here; showing the docker buildx command\n")
             chosen = "docker"
+    from dsv3ctl.render.image import is_sha
+
+    resolved = ""
+    if tgt == "engine" and not is_sha(s.image.trtllm_commit):
+        if dry_run:
+            sys.stderr.write(f"note: image.trtllm_commit={s.image.trtllm_commit} is a branch; a build resolves it "
+                             f"with `git ls-remote {s.image.trtllm_repo} refs/heads/{s.image.trtllm_commit}` and "
+                             "passes the SHA (label ai.dsv3ctl.trtllm-commit)\n")
+        else:
+            resolved = resolve_branch(s.image.trtllm_repo, s.image.trtllm_commit)
+            sys.stderr.write(f"image.trtllm_commit={s.image.trtllm_commit} resolved to {resolved}\n")
     plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=ctx,
-                          vcs_ref=_vcs_ref(Path(ctx)))
+                          vcs_ref=_vcs_ref(Path(ctx)), trtllm_commit=resolved)
     if dry_run:
         def human(_con: object) -> None:
             for cmd in plan.commands:  # plain lines (no rich markup/wrapping): they are meant to be copied

@@ -87,3 +87,47 @@ def load(name: str) -> Contract:
                           choices=tuple(ch) if ch is not None else None, action=v.get("action"),
                           file=v.get("file"), extra={k: x for k, x in v.items() if k not in _KNOWN})
     return Contract(name=name, tool=raw["tool"], kind=raw["kind"], source=dict(raw["source"]), items=items)
+
+
+_TYPES: dict[str | None, Any] = {"int": int, "float": float, "str": str, "path": str, None: str}
+
+
+def argparser(name: str, caps: frozenset[str] | set[str] | None = None, positionals: tuple[str, ...] = (),
+              prog: str | None = None, without: tuple[str, ...] = ()) -> Any:
+    """An ``argparse.ArgumentParser`` that accepts exactly the items of contract ``name`` (kind argparse),
+    with their types, ``choices``, ``nargs`` and ``required`` -- what the test doubles (stand-in
+    executables) parse with, so they reject what the real tool rejects. An item with ``requires: C``
+    (a capability of :mod:`dsv3ctl.core.trtllm_pin`) is left out unless ``C`` is in ``caps``; the items in
+    ``without`` are left out (a tool older than the contract).
+    ``type: none`` (tritonserver flags without a value) and ``store_true``/``store_false`` take no value."""
+    import argparse
+
+    c = load(name)
+    own_help = "--help" in c.items
+    p = argparse.ArgumentParser(prog=prog or c.tool, description=f"contract {name}: {c.where('')}",
+                                add_help=not own_help)
+    for pos in positionals:
+        p.add_argument(pos)
+    for key, it in c.items.items():
+        req = it.extra.get("requires")
+        if (req and req not in (caps or set())) or key in without:
+            continue
+        if key == "--help":
+            p.add_argument("-h", "--help", action="help")
+            continue
+        kw: dict[str, Any] = {"dest": "opt_" + key.lstrip("-").replace("-", "_")}
+        act = it.action
+        if act in ("store_true", "store_false") or it.type == "none":
+            kw["action"] = act if act in ("store_true", "store_false") else "store_true"
+        else:
+            if act == "append":
+                kw["action"] = "append"
+            kw["type"] = _TYPES.get(it.type, str)
+            if it.choices is not None:
+                kw["choices"] = [kw["type"](x) if kw["type"] is not str else str(x) for x in it.choices]
+            if "nargs" in it.extra:
+                kw["nargs"] = it.extra["nargs"]
+        if it.extra.get("required"):
+            kw["required"] = True
+        p.add_argument(key, **kw)
+    return p

@@ -10,6 +10,11 @@ Rules and their sources:
   rest (61 is prime); Hopper only, because the MLA kernel of the deepseek branch is SM90-only.
 - FP8 weights need SM >= 89 (FP8 tensor cores: Ada/Hopper and newer).
 - fp16 gets a warning: the seed uses BF16 (DeepSeek-V3 was trained in BF16/FP8, FP16 can overflow).
+- engine mode: ``image.trtllm_commit`` must be able to convert the precision (:func:`trtllm_pin_checks`,
+  table ``dsv3ctl/data/trtllm_commits.json``), and the converter's split rules hold: every tp-split weight
+  divides evenly, moe_tp divides moe_intermediate_size, no mixed moe_tp x moe_ep at 0321f71e, FP8 slices
+  whole 128x128 scale blocks, and on Hopper max_num_tokens covers max_input_len (no chunked MLA context)
+  (:func:`converter_shape_checks`, each rule's source in its docstring).
 
 Memory model (per GPU, bytes; every assumption stated in :data:`ASSUMPTIONS`): weights by dtype and by
 sharding, an activation/workspace estimate, and the MLA KV cache.
@@ -301,7 +306,7 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     p, s = spec.parallelism, spec.serving
     gpu = GPUS[spec.hardware.gpu]
     plan = Plan(spec=spec, model=m, world_size=p.world_size, gpu_bytes=gpu.memory_bytes)
-    plan.checks = _layout_checks(spec, m)
+    plan.checks = _layout_checks(spec, m) + trtllm_pin_checks(spec) + converter_shape_checks(spec, m)
     from dsv3ctl.core.fabric import plan_statement
 
     plan.checks.append(Check("fabric_check", True, plan_statement(spec), severity="info"))
@@ -356,6 +361,207 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
             + (" or ".join(alt) if alt else "more GPUs"),
         ))
     return plan
+
+
+# ------------------------------------------------------------------ the pinned TensorRT-LLM source
+def trtllm_pin_checks(spec: Spec) -> list[Check]:
+    """Whether ``image.trtllm_commit`` can convert ``model.precision`` in engine mode.
+
+    Source: the table ``dsv3ctl/data/trtllm_commits.json`` (:mod:`dsv3ctl.core.trtllm_pin`), e.g.
+    deepseek branch @ 0321f71e ``examples/deepseek_v3/convert_checkpoint.py`` has no ``--use_fp8_weights``
+    and ``tensorrt_llm/models/deepseek_v2/config.py:168`` hard-codes ``fp8_format=False``; FP8 weights
+    came with PR #2719 (merged 2025-01-24). A commit the table does not know passes with a warning
+    (``dsv3ctl convert`` probes the installed converter before it starts).
+    """
+    from dsv3ctl.core import trtllm_pin as pin
+
+    im, prec, mode = spec.image, spec.model.precision, spec.serving.mode
+    if mode != "engine":
+        return []
+    lack, known = pin.missing(im.trtllm_commit, prec, mode)
+    if lack:
+        alts = pin.good_refs(pin.needs(prec, mode))
+        alt = f"image.trtllm_commit: {alts[0]}" if alts else "a deepseek-branch commit that contains PR #2719"
+        others = "" if prec != "fp8" else " (or model.precision: bf16 after `dsv3ctl weights cast-bf16`)"
+        return [Check(
+            "trtllm_commit_capability", False,
+            f"image.trtllm_commit={im.trtllm_commit[:12]} cannot convert model.precision={prec} in engine mode: it "
+            f"lacks {', '.join(sorted(lack))} ({(known.provenance[0] if known else '')}); use {alt}{others}",
+        )]
+    if known is None:
+        return [Check("trtllm_commit_capability", True,
+                      f"image.trtllm_commit={im.trtllm_commit[:12]} is not in dsv3ctl's table of known TensorRT-LLM "
+                      f"commits; `dsv3ctl convert` checks the installed converter's flags before it starts",
+                      severity="warning")]
+    how = "read in its source" if known.verified_from_source else "per its README; the converter is probed at convert time"
+    return [Check("trtllm_commit_capability", True,
+                  f"image.trtllm_commit={im.trtllm_commit[:12]} converts {prec} ({how})")]
+
+
+# ------------------------------------------------------------------ converter shape rules
+#: FP8 block size of DeepSeek-V3's weights (config.json quantization_config.weight_block_size; deepseek-ai/
+#: DeepSeek-V3 README_WEIGHTS.md): one float32 scale per 128x128 block of each FP8 linear weight.
+FP8_BLOCK = 128
+
+
+def tp_splits(m: DeepSeekV3Config) -> dict[str, tuple[int, str]]:
+    """The dimension of each weight the engine converter splits over ``tp`` (elements) and where.
+
+    Source: deepseek branch @ 0321f71e ``tensorrt_llm/models/deepseek_v2/convert.py`` (``split`` =
+    ``torch.chunk``, line 77): q_b_proj and kv_b_proj on dim 0 (lines 198-209, per head), o_proj on dim 1
+    (210-215), the dense MLP's up/gate on dim 0 and down on dim 1 (406-440), the shared expert likewise
+    (357-376). q_a_proj / kv_a_proj_with_mqa (the MLA ranks q_lora_rank, kv_lora_rank) are not split."""
+    return {
+        "q_b_proj": (m.heads * m.q_head_dim, "convert.py:198 (dim 0)"),
+        "kv_b_proj": (m.heads * (m.qk_nope + m.v_head), "convert.py:204 (dim 0)"),
+        "o_proj": (m.heads * m.v_head, "convert.py:210 (dim 1)"),
+        "dense mlp (intermediate_size)": (m.intermediate, "convert.py:406-440"),
+        "shared expert": (m.moe_intermediate * m.shared_experts, "convert.py:357-376"),
+    }
+
+
+def _valid_moe_ep(spec: Spec, m: DeepSeekV3Config, mixed_ok: bool, tp: int | None = None) -> list[int]:
+    """moe_ep values that satisfy every MoE rule for ``tp`` (default the spec's) and the precision."""
+    tp, fp8 = tp or spec.parallelism.tp, spec.model.precision == "fp8"
+    out = []
+    for ep in _divisors(tp):
+        mt = tp // ep
+        if m.experts % ep or m.moe_intermediate % mt or (fp8 and (m.moe_intermediate // mt) % FP8_BLOCK):
+            continue
+        if not mixed_ok and ep not in (1, tp):
+            continue
+        out.append(ep)
+    return out
+
+
+def _valid_tp(spec: Spec, m: DeepSeekV3Config) -> list[int]:
+    """tp values for which every tp split divides evenly (and is 128-aligned for FP8), with some moe_ep."""
+    fp8 = spec.model.precision == "fp8"
+    out = []
+    for tp in _divisors(m.heads):
+        sizes = [n for n, _ in tp_splits(m).values()]
+        if any(n % tp or (fp8 and (n // tp) % FP8_BLOCK) for n in sizes):
+            continue
+        out.append(tp)
+    return out
+
+
+def _tp_fix(spec: Spec, tp: int, m: DeepSeekV3Config, mixed_ok: bool) -> str:
+    """``parallelism.tp=X`` plus the nodes x gpus_per_node that give world size X x pp, and a moe_ep that
+    passes the MoE rules at X."""
+    p = spec.parallelism
+    want = tp * p.pp
+    eps = _valid_moe_ep(spec, m, mixed_ok, tp) or [1]
+    ep = p.moe_ep if p.moe_ep in eps else min(eps, key=lambda e: (abs(e - p.moe_ep), e))
+    if want % p.gpus_per_node == 0:
+        where = f"nodes={want // p.gpus_per_node}"
+    else:
+        g = next(g for g in range(min(want, 16), 0, -1) if want % g == 0)
+        where = f"nodes={want // g} and gpus_per_node={g}"
+    return f"parallelism.tp={tp} with {where} and moe_ep={ep}"
+
+
+def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
+    """Divisibility rules the engine converter imposes on the layout (engine mode), and the FP8 block rule.
+
+    - ``tp_split_<weight>``: every weight of :func:`tp_splits` divides evenly over ``tp`` (``torch.chunk``
+      gives uneven pieces otherwise and the rank's reshape to ``size // tp`` fails; convert.py:77, 227-239).
+    - ``moe_tp_divides_moe_inter``: moe_intermediate_size % moe_tp == 0 (``tensorrt_llm/layers/moe.py``
+      @ 0321f71e lines 460-464 raise ValueError otherwise).
+    - ``moe_mixed_tp_ep``: at 0321f71e the converter cuts routed experts into ``mapping.tp_size`` pieces
+      (convert.py:297-308) while the MoE layer expects moe_intermediate / moe_tp (layers/moe.py:464), so
+      moe_ep must be 1 (pure TP) or tp (pure EP) there; an error for commits whose source was read, a
+      warning for the branch pin (its converter was not read).
+    - ``fp8_block_<weight>``: with FP8 weights every per-rank slice of a split dimension is a multiple of the
+      128-element scale block, so each rank keeps whole blocks and its own scales (DeepSeek-V3
+      README_WEIGHTS.md, 128x128 ``weight_scale_inv``; split dims as above). An error in engine mode; a
+      warning in llmapi mode (the PyTorch backend's loader was not read).
+    - ``mla_ranks``: q_lora_rank and kv_lora_rank are not split (q_a_proj / kv_a_proj_with_mqa are
+      replicated: fused_a, convert.py:141-174 and 255), so they impose no rule; reported for completeness.
+    - ``mla_chunked_context``: on Hopper, chunked context is not supported for MLA (TensorRT-LLM issue #3486;
+      "Not supported: MLA chunked context support on Hopper" in docs/source/blogs/
+      Best_perf_practice_on_DeepSeek-R1_in_TensorRT-LLM.md, replaced by PR #6929 in 2025-08), so
+      max_num_tokens must cover max_input_len even with enable_chunked_context: an error in engine mode, a
+      warning in llmapi mode (TensorRT-LLM 1.0 was not read for it).
+    Each failed check names the field, the rule and an alternative that passes every rule here.
+    """
+    from dsv3ctl.core import trtllm_pin as pin
+
+    p, s, prec, mode = spec.parallelism, spec.serving, spec.model.precision, spec.serving.mode
+    gpu = GPUS[spec.hardware.gpu]
+    out: list[Check] = []
+    fp8 = prec == "fp8"
+    known = pin.lookup(spec.image.trtllm_commit)
+    verified = known is not None and known.verified_from_source
+    if p.tp < 1 or p.moe_ep < 1 or p.tp % p.moe_ep:
+        return out  # moe_ep_divides_tp already fails
+    tps = _valid_tp(spec, m)
+    alt_tp = (_tp_fix(spec, min(tps, key=lambda t: (abs(t - p.tp), -t)), m, not verified)
+              if tps else "model.precision: bf16")
+    tp_ok = p.tp in tps or mode != "engine"
+    if mode == "engine":
+        for name, (size, where) in tp_splits(m).items():
+            ok = size % p.tp == 0
+            out.append(Check(
+                f"tp_split_{name.split(' ')[0]}", ok,
+                f"{name}: {size} / tp={p.tp} = {size // p.tp if ok else size / p.tp:g} per rank ({where})" if ok
+                else f"parallelism.tp={p.tp} does not divide the {size} of {name} that the converter splits over tp "
+                     f"(deepseek branch convert.py, {where}); use {alt_tp}",
+            ))
+        mt = p.moe_tp
+        ok = m.moe_intermediate % mt == 0
+        eps = _valid_moe_ep(spec, m, mixed_ok=not verified)
+        alt_ep = (f"parallelism.moe_ep={min(eps, key=lambda e: (abs(e - p.moe_ep), e))}" if eps and tp_ok else alt_tp)
+        out.append(Check(
+            "moe_tp_divides_moe_inter", ok,
+            f"moe_intermediate_size {m.moe_intermediate} / moe_tp={mt} per rank (layers/moe.py:464)" if ok
+            else f"parallelism.moe_ep={p.moe_ep} gives moe_tp={mt}, which does not divide moe_intermediate_size="
+                 f"{m.moe_intermediate} (tensorrt_llm/layers/moe.py:460 raises); use {alt_ep}",
+        ))
+        mixed = p.moe_ep not in (1, p.tp)
+        if mixed:
+            msg = (f"parallelism.moe_ep={p.moe_ep} with moe_tp={mt}: the converter at 0321f71e cuts routed experts "
+                   f"into tp={p.tp} pieces (convert.py:297-308) but the MoE layer expects "
+                   f"{m.moe_intermediate}/moe_tp={m.moe_intermediate // mt} (layers/moe.py:464); use {alt_ep}")
+            out.append(Check("moe_mixed_tp_ep", not verified, msg if verified else msg.replace(
+                "; use", " (the branch pin's converter was not read; check the converted shapes) - or use"),
+                "error" if verified else "warning"))
+    if fp8:
+        strict = mode == "engine"
+        sizes = {n: sz for n, (sz, _w) in tp_splits(m).items()}
+        if mode == "llmapi" and spec.serving.enable_attention_dp:
+            sizes = {k: v for k, v in sizes.items() if k.split(" ")[0] not in ("q_b_proj", "kv_b_proj", "o_proj")}
+        bad = [(n, sz) for n, sz in sizes.items() if sz % p.tp == 0 and (sz // p.tp) % FP8_BLOCK]
+        routed = m.moe_intermediate // p.moe_tp if m.moe_intermediate % p.moe_tp == 0 else None
+        for n, sz in bad:
+            out.append(Check(
+                f"fp8_block_{n.split(' ')[0]}", not strict,
+                f"model.precision=fp8: {n} gives {sz // p.tp} rows per rank at tp={p.tp}, not a multiple of the "
+                f"{FP8_BLOCK}x{FP8_BLOCK} scale block (README_WEIGHTS.md), so a rank's slice would cut a scale "
+                f"block; use {alt_tp} or model.precision: bf16 (`dsv3ctl weights cast-bf16`)",
+                "error" if strict else "warning"))
+        if routed is not None and routed % FP8_BLOCK:
+            eps = _valid_moe_ep(spec, m, mixed_ok=not verified)
+            alt = (f"parallelism.moe_ep={min(eps, key=lambda e: (abs(e - p.moe_ep), e))}" if eps and tp_ok
+                   else alt_tp)
+            out.append(Check(
+                "fp8_block_routed_experts", not strict,
+                f"model.precision=fp8: routed experts give {routed} intermediate rows per rank at moe_tp={p.moe_tp}, "
+                f"not a multiple of the {FP8_BLOCK}-element scale block; use {alt}",
+                "error" if strict else "warning"))
+    if mode == "engine":
+        out.append(Check("mla_ranks", True, f"q_lora_rank={m.q_lora_rank} and kv_lora_rank={m.kv_lora_rank} are not "
+                                            "split (q_a_proj / kv_a_proj_with_mqa are replicated on every rank)",
+                         "info"))
+    if gpu.sm == 90 and s.enable_chunked_context and s.max_num_tokens < s.max_input_len:
+        strict = mode == "engine"
+        out.append(Check(
+            "mla_chunked_context", not strict,
+            f"serving.max_num_tokens={s.max_num_tokens} < max_input_len={s.max_input_len} relies on chunked context, "
+            f"which MLA does not support on Hopper ({gpu.name}; TensorRT-LLM issue #3486); use "
+            f"max_num_tokens={s.max_input_len}",
+            "error" if strict else "warning"))
+    return out
 
 
 #: Checks about the parallel layout itself (not the memory fit): what renderers refuse to render.

@@ -195,9 +195,12 @@ class ImageSpec(_Strict):
     )
     trtllm_repo: str = Field("https://github.com/NVIDIA/TensorRT-LLM.git", description="TensorRT-LLM git repository")
     trtllm_commit: str = Field(
-        "0321f71e9559906096211de557d0db52d840615a", pattern=r"^[0-9a-f]{7,40}$",
-        description="deepseek preview branch commit (0.17.0.dev2024121700; FP8 weights need a later deepseek-branch "
-                    "commit that contains PR #2719)",
+        "deepseek", pattern=r"^([0-9a-f]{7,40}|[A-Za-z][A-Za-z0-9._/-]{0,99})$",
+        description="TensorRT-LLM source for engine mode: a commit SHA, or a branch that `image build` resolves "
+                    "to a SHA and stamps into the image (label ai.dsv3ctl.trtllm-commit and "
+                    "/opt/tensorrt_llm/TRTLLM_COMMIT). Default: the deepseek preview branch, whose FP8 conversion "
+                    "came with PR #2719; 0321f71e (2025-01-16) converts BF16/INT8/INT4 weight-only only "
+                    "(dsv3ctl/data/trtllm_commits.json)",
     )
     backend_repo: str = Field("https://github.com/triton-inference-server/tensorrtllm_backend.git",
                               description="Triton TensorRT-LLM backend git repository")

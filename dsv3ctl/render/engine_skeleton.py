@@ -16,8 +16,11 @@ branch 2025-01-16, version ``0.17.0.dev2024121700``):
 - ``PretrainedConfig.to_dict`` + DeepSeekV2Config extras (``tensorrt_llm/models/modeling_utils.py``,
   ``models/deepseek_v2/config.py``): mapping {world_size, gpus_per_node, cp_size, tp_size, pp_size,
   moe_tp_size, moe_ep_size}; V3 values num_key_value_heads 1, head_size 576 (kv_lora_rank + rope dim),
-  position_embedding_type rope_gpt_neox, hidden_act swiglu, logits_dtype float32; ``fp8_format`` for the
-  FP8 checkpoint.
+  position_embedding_type rope_gpt_neox, hidden_act swiglu, logits_dtype float32.
+- ``fp8_format``: ``models/deepseek_v2/config.py:168`` @ 0321f71e passes ``fp8_format=False`` (hard-coded)
+  into the config, so a commit whose source was read (``dsv3ctl/data/trtllm_commits.json``, verified rows)
+  writes ``false``. How the FP8 state of the branch (PR #2719) records FP8 weights was not read, so for the
+  branch or an unknown commit the skeleton leaves ``fp8_format`` out rather than guess.
 - File names ``rank{N}.engine`` (``cpp/tensorrt_llm/runtime/gptJsonConfig.cpp``, GptJsonConfig::engineFilename).
 """
 
@@ -28,6 +31,7 @@ from typing import Any
 
 from dsv3ctl.core.model import DeepSeekV3Config
 from dsv3ctl.core.spec import Spec
+from dsv3ctl.core.trtllm_pin import lookup
 
 TRTLLM_DEEPSEEK_BRANCH_VERSION = "0.17.0.dev2024121700"
 PLACEHOLDER_KEY = "dsv3ctl_placeholder"
@@ -91,8 +95,10 @@ def engine_config(spec: Spec, model: DeepSeekV3Config | None = None) -> dict[str
         "v_head_dim": m.v_head,
         "first_k_dense_replace": m.first_dense,
         "moe_layer_freq": m.moe_layer_freq,
-        "fp8_format": spec.model.precision == "fp8",
     }
+    known = lookup(spec.image.trtllm_commit)
+    if known is not None and known.verified_from_source:
+        pretrained["fp8_format"] = False  # config.py:168 @ 0321f71e (and 130232d9): hard-coded
     build = {
         "max_input_len": srv.max_input_len,
         "max_seq_len": srv.max_seq_len,

@@ -30,14 +30,21 @@ class BuildPlan:
     commands: list[list[str]]
 
 
-def build_args(spec, vcs_ref: str = "") -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The Dockerfile's build arguments from ``spec.image`` (names as in docker/Dockerfile)."""
+def is_sha(ref: str) -> bool:
+    """True for a hex commit SHA (7-40 digits), False for a branch name such as ``deepseek``."""
+    return 7 <= len(ref) <= 40 and all(c in "0123456789abcdef" for c in ref)
+
+
+def build_args(spec, vcs_ref: str = "", trtllm_commit: str = "") -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The Dockerfile's build arguments from ``spec.image`` (names as in docker/Dockerfile).
+    ``trtllm_commit``: the SHA a branch ``image.trtllm_commit`` was resolved to (it becomes the
+    ``ai.dsv3ctl.trtllm-commit`` label); empty = ``image.trtllm_commit`` as written."""
     im = spec.image
     args = {
         "TRITON_TAG": im.triton_tag,
         "ENGINE_BASE_TAG": im.engine_base_tag,
         "TRTLLM_REPO": im.trtllm_repo,
-        "TRTLLM_COMMIT": im.trtllm_commit,
+        "TRTLLM_COMMIT": trtllm_commit or im.trtllm_commit,
         "BACKEND_REPO": im.backend_repo,
         "BACKEND_COMMIT": im.backend_commit,
         "DSV3CTL_VERSION": __version__,
@@ -54,7 +61,8 @@ def image_ref(spec, target: str, tag: str | None = None) -> str:  # type: ignore
 
 
 def build_commands(spec, *, builder: str, target: str, tag: str | None = None, push: bool = False,  # type: ignore[no-untyped-def]
-                   context: str = ".", vcs_ref: str = "", platform: str = "linux/amd64") -> BuildPlan:
+                   context: str = ".", vcs_ref: str = "", platform: str = "linux/amd64",
+                   trtllm_commit: str = "") -> BuildPlan:
     """The argv lists that build (and with ``push`` push) the image. SpecError for an unknown target/builder."""
     if target not in TARGETS:
         raise SpecError(f"--target={target!r}: use one of {', '.join(TARGETS)} (serving.mode picks the default)")
@@ -63,7 +71,7 @@ def build_commands(spec, *, builder: str, target: str, tag: str | None = None, p
     ref = image_ref(spec, target, tag)
     common = ["--target", target, "--file", f"{context.rstrip('/')}/{DOCKERFILE}" if context != "." else DOCKERFILE,
               "--tag", ref, "--platform", platform]
-    for k, v in build_args(spec, vcs_ref).items():
+    for k, v in build_args(spec, vcs_ref, trtllm_commit).items():
         common += ["--build-arg", f"{k}={v}"]
     if builder == "docker":
         cmd = ["docker", "buildx", "build", *common, "--push" if push else "--load", context]

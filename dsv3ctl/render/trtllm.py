@@ -1,7 +1,10 @@
 """argv of TensorRT-LLM's DeepSeek-V3 ``convert_checkpoint.py`` and of ``trtllm-build``, from the spec.
 
-Flags and defaults (reference: NVIDIA/TensorRT-LLM ``deepseek`` branch, read at yingcanw/TensorRT-LLM
-@ 0321f71e and 130232d9 ``examples/deepseek_v3/convert_checkpoint.py``; FP8 README after PR #2719):
+Every flag is in the contract data ``dsv3ctl/data/contracts/convert_checkpoint.json`` and
+``trtllm_build.json`` with the file and line it was read at (NVIDIA/TensorRT-LLM ``deepseek`` branch
+@ 0321f71e: ``examples/deepseek_v3/convert_checkpoint.py``, ``tensorrt_llm/commands/build.py``,
+``tensorrt_llm/plugin/plugin.py``); ``--use_fp8_weights`` is from the branch's README after PR #2719 (its
+converter source was not available), and ``dsv3ctl convert`` probes the installed converter for it:
 - convert: ``--model_dir``, ``--output_dir``, ``--dtype {float32,bfloat16,float16}``, ``--tp_size``,
   ``--pp_size``, ``--moe_tp_size``, ``--moe_ep_size`` (moe_tp x moe_ep must equal tp), ``--workers``
   (one thread per rank), ``--use_fp8_weights`` (FP8 branch only).
