@@ -61,26 +61,31 @@ def split_manifests(text: str) -> list[dict[str, Any]]:
 
 
 def upgrade_install(chart: Path, release: str, namespace: str, values_file: Path, *, timeout_s: int = 300,
-                    create_namespace: bool = False, helm: str | None = None) -> str:
-    """``helm upgrade --install`` (no --wait: dsv3ctl watches the group itself)."""
+                    create_namespace: bool = False, kill_after_s: float = 60, helm: str | None = None) -> str:
+    """``helm upgrade --install --timeout TIMEOUT_S`` (no --wait: dsv3ctl watches the group itself); helm is
+    killed ``kill_after_s`` seconds after its own timeout."""
     args = ["upgrade", "--install", release, str(chart), "--namespace", namespace, "-f", str(values_file),
             "--timeout", f"{timeout_s}s"]
     if create_namespace:
         args.append("--create-namespace")
-    return run(args, timeout=timeout_s + 60, helm=helm)
+    return run(args, timeout=timeout_s + kill_after_s, helm=helm)
 
 
-def uninstall(release: str, namespace: str, *, timeout_s: int = 300, helm: str | None = None) -> str:
-    """``helm uninstall --wait``; RuntimeFailure when the release does not exist."""
+def uninstall(release: str, namespace: str, *, timeout_s: int = 300, kill_after_s: float = 60,
+              helm: str | None = None) -> str:
+    """``helm uninstall --wait --timeout TIMEOUT_S``; helm is killed ``kill_after_s`` seconds after that (an
+    API server that stops answering can hold helm's own requests). RuntimeFailure when the release does
+    not exist."""
     return run(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{timeout_s}s"],
-               timeout=timeout_s + 60, helm=helm)
+               timeout=timeout_s + kill_after_s, helm=helm)
 
 
-def release_exists(release: str, namespace: str, *, helm: str | None = None) -> bool:
+def release_exists(release: str, namespace: str, *, timeout_s: float = 60, helm: str | None = None) -> bool:
     """Whether a release of that name exists in any state. ``helm status`` answers the same on Helm 3 and 4
-    (``helm list --all`` is gone in Helm 4, which lists every state by default)."""
+    (``helm list --all`` is gone in Helm 4, which lists every state by default). RuntimeFailure when helm
+    does not finish within ``timeout_s``."""
     try:
-        run(["status", release, "--namespace", namespace], helm=helm)
+        run(["status", release, "--namespace", namespace], timeout=timeout_s, helm=helm)
     except RuntimeFailure as err:
         if "not found" in err.message:
             return False

@@ -9,6 +9,7 @@ of the spec's needs. Heavy imports live inside the commands.
 from __future__ import annotations
 
 import tempfile
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,7 +102,7 @@ def render(
 def deploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every group is Ready.")] = True,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds to wait for Ready; default serving.load_timeout_s + 300.")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds for the preflight reads, helm and the wait for Ready together; default serving.load_timeout_s + 300.")] = None,
     grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
@@ -121,8 +122,12 @@ def deploy(
     values = _values(spec, namespace, release)
     ns, rel = values["deploy"]["namespace"], values["deploy"]["release"]
     c = _chart(chart)
+    t = timeout if timeout is not None else int(values["serving"]["load_timeout_s"]) + 300
+    start = time.monotonic()
     kube = _kube(kubeconfig)
+    kube.deadline = k.Deadline(t, f"the preflight reads of release {rel} in namespace {ns}")
     checks = k.preflight(kube, values, ns, create_namespace=create_namespace)
+    kube.deadline = None
     failed = [x for x in checks if not x.ok and x.severity == "error"]
     for x in checks:
         mark = "ok" if x.ok and x.severity != "warning" else ("warn" if x.ok else ("SKIP" if skip_preflight else "FAIL"))
@@ -140,18 +145,19 @@ def deploy(
         vf = Path(tmp) / "values.yaml"
         _write_values(values, vf)
         sink.info(f"helm upgrade --install {rel} -n {ns}")
-        helm.upgrade_install(c, rel, ns, vf, create_namespace=create_namespace)
+        helm.upgrade_install(c, rel, ns, vf, create_namespace=create_namespace,
+                             timeout_s=max(1, min(300, t)), kill_after_s=5)
     if not wait:
         sink.emit({**result, "ok": True, "waited": False}, lambda con: con.print(f"installed {rel}; `dsv3ctl status -n {ns} --release {rel}`"))
         return
-    t = timeout if timeout is not None else int(values["serving"]["load_timeout_s"]) + 300
 
     def change(p: k.PodInfo) -> None:
         state = "Terminating" if p.terminating else ("Ready" if p.ready else p.phase)
         sink.info(f"  group {p.group} {p.role:<6} {p.name:<28} {state:<11} node={p.node or '-':<14} "
                   f"restarts={p.restarts}{'  ' + p.reason if p.reason else ''}")
 
-    res = k.wait_ready(kube, ns, rel, timeout_s=t, grace_s=grace, on_change=change)
+    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)), grace_s=grace,
+                       on_change=change)
     result.update(ok=res.ok, message=res.message, events=res.events)
     if not res.ok:
         sink.emit(result, lambda con: None)
@@ -173,15 +179,19 @@ def _target(spec: Path | None, namespace: str | None, release: str | None) -> tu
 
 
 def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
-           kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
+           kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table,
+           timeout: Annotated[float, typer.Option("--timeout", help="Seconds for all the API reads of the status together.")] = 30,
+           ) -> None:
     """Groups, pods (ready/not, restarts, node), the LWS counters and the endpoints of a release.
 
-    Exit 0 when every group is Ready, 1 when not (or the release has no LeaderWorkerSet, or the API server does not answer).
+    Exit 0 when every group is Ready, 1 when not (or the release has no LeaderWorkerSet, or the API server does not answer within --timeout).
     """
     from dsv3ctl.adapters import kube as k
 
     ns, rel = _target(spec, namespace, release)
-    st = k.status(_kube(kubeconfig), ns, rel)
+    kube = _kube(kubeconfig)
+    kube.deadline = k.Deadline(timeout, f"the status of release {rel} in namespace {ns}")
+    st = k.status(kube, ns, rel)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
@@ -223,6 +233,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None,
     spec: LogsSpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, kubeconfig: KubeconfigOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the API server may take to find the pod and open (or, with -f, re-open) the log.")] = 30,
 ) -> None:
     """Print (or with -f stream) the dsv3 container log of the leader or of worker N of a group.
 
@@ -238,10 +249,12 @@ def logs(
     ns, rel = _target(spec, namespace, release)
     kube = _kube(kubeconfig)
     wi = 0 if role == Role.leader else index
+    who = f"{role.value}{'' if wi == 0 else ' ' + str(wi)}"
+    kube.deadline = k.Deadline(timeout, f"the {who} pod of group {group} of release {rel} in namespace {ns}")
     sel = f"{k.pod_selector(rel)},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
     pods = [p for p in kube.core.list_namespaced_pod(ns, label_selector=sel).items if not p.metadata.deletion_timestamp]
     if not pods:
-        raise RuntimeFailure(f"no {role.value}{'' if wi == 0 else ' ' + str(wi)} pod in group {group} of release {rel} "
+        raise RuntimeFailure(f"no {who} pod in group {group} of release {rel} "
                              f"in namespace {ns}", hint=f"`dsv3ctl status -n {ns} --release {rel}` lists the pods")
     name = pods[0].metadata.name
     kw: dict[str, Any] = {"container": "dsv3"}
@@ -249,11 +262,13 @@ def logs(
         kw["tail_lines"] = tail
     try:
         if follow:
-            resp = kube.core.read_namespaced_pod_log(name, ns, follow=True, _preload_content=False, **kw)
-            for chunk in resp.stream(amt=4096):
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
+            def out(text: str) -> None:
+                sys.stdout.write(text)
                 sys.stdout.flush()
+
+            k.follow_log(kube, ns, name, out, container="dsv3", tail=tail, timeout_s=timeout)
         else:
+            kube.deadline = k.Deadline(timeout, f"the log of pod {ns}/{name}")
             sys.stdout.write(kube.core.read_namespaced_pod_log(name, ns, **kw))
     except RuntimeFailure:
         raise  # the API server does not answer (mapped in the kube adapter)
@@ -313,15 +328,13 @@ def _log_error(kube: Any, pod: Any, e: Exception) -> Exception:
 def undeploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
     purge_storage: Annotated[bool, typer.Option("--purge-storage", help="Also delete the chart-created PVC (weights and engines).")] = False,
-    timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait until nothing of the release is left.")] = 300,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds for helm uninstall and the wait until nothing of the release is left, together.")] = 300,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
     """`helm uninstall`, then wait until no object of the release is left.
 
-    Objects waited for: pods, StatefulSets, Services, Secrets, ConfigMaps, the LeaderWorkerSet. A chart-created PVC is kept unless --purge-storage. Exit 1 when something is still there after --timeout, or the API server does not answer.
+    Objects waited for: pods, StatefulSets, Services, Secrets, ConfigMaps, the LeaderWorkerSet. A chart-created PVC is kept unless --purge-storage. Exit 1 when something is still there after --timeout, or the API server does not answer within it.
     """
-    import time
-
     from dsv3ctl.adapters import helm
     from dsv3ctl.adapters import kube as k
     from dsv3ctl.errors import RuntimeFailure
@@ -329,16 +342,31 @@ def undeploy(
     sink = Sink(output)
     ns, rel = _target(spec, namespace, release)
     kube = _kube(kubeconfig)
+    deadline = k.Deadline(timeout, f"every object of release {rel} in namespace {ns} to be deleted")
+    kube.deadline = deadline
     kube.ping()  # one clear error when the API server is down, before helm's own
     if dry_run:
         sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
                   lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))
         return
-    if helm.release_exists(rel, ns):
-        sink.info(f"helm uninstall {rel} -n {ns}")
-        helm.uninstall(rel, ns, timeout_s=timeout)
-    else:
-        sink.info(f"no helm release {rel} in {ns}; removing what is left")
+
+    def helm_left() -> float:
+        if deadline.expired():
+            raise deadline.failure()
+        return deadline.left()
+
+    try:
+        if helm.release_exists(rel, ns, timeout_s=helm_left()):
+            sink.info(f"helm uninstall {rel} -n {ns}")
+            deadline.last = f"helm release {rel} present"
+            helm.uninstall(rel, ns, timeout_s=max(1, int(helm_left())), kill_after_s=5)
+        else:
+            sink.info(f"no helm release {rel} in {ns}; removing what is left")
+    except RuntimeFailure as e:
+        if deadline.what in e.message:
+            raise
+        raise RuntimeFailure(f"{e.message} (waiting for {deadline.what}, deadline {timeout} s; last state seen: "
+                             f"{deadline.last or 'none yet'})", hint=e.hint) from None
     pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
     kept = []
     for p in pvcs:
@@ -346,15 +374,12 @@ def undeploy(
             kube.core.delete_namespaced_persistent_volume_claim(p.metadata.name, ns)
         else:
             kept.append(p.metadata.name)
-    deadline = time.monotonic() + timeout
-    left = k.leftovers(kube, ns, rel)
-    while left and time.monotonic() < deadline:
-        time.sleep(1)
-        left = k.leftovers(kube, ns, rel)
+    left = k.wait_gone(kube, ns, rel, deadline)
     data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept}
     if left:
         sink.emit(data, lambda con: None)
-        raise RuntimeFailure(f"after {timeout} s these objects of {rel} are still there: {', '.join(left)}")
+        raise RuntimeFailure(f"gave up after {timeout} s waiting for {deadline.what}; still there: {', '.join(left)}",
+                             hint=f"a longer --timeout waits longer; `kubectl -n {ns} get all -l app.kubernetes.io/instance={rel}`")
     sink.emit(data, lambda con: con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} "
                                                                           "(--purge-storage deletes it)" if kept else "")))
 
