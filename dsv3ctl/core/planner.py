@@ -9,7 +9,7 @@ Rules and their sources:
 - engine mode: pp = 1, because ``pp_layers`` gives each stage ``61 // pp`` layers and silently drops the
   rest (61 is prime); Hopper only, because the MLA kernel of the deepseek branch is SM90-only.
 - FP8 weights need SM >= 89 (FP8 tensor cores: Ada/Hopper and newer).
-- fp16 gets a warning: the seed uses BF16 (DeepSeek-V3 was trained in BF16/FP8, FP16 can overflow).
+- fp16 gets a warning: TensorRT-LLM's DeepSeek-V3 README (examples/deepseek_v3/README.md on the deepseek branch) uses BF16 (DeepSeek-V3 was trained in BF16/FP8, FP16 can overflow).
 
 Memory model (per GPU, bytes; every assumption stated in :data:`ASSUMPTIONS`): weights by dtype and by
 sharding, an activation/workspace estimate, and the MLA KV cache.
@@ -222,7 +222,7 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
                  "use precision bf16 (cast with `dsv3ctl weights cast-bf16`) or an H100/H200",
         ))
     if prec == "fp16":
-        out.append(Check("fp16", True, "model.precision=fp16: the seed prefers bf16 (DeepSeek-V3 activations can "
+        out.append(Check("fp16", True, "model.precision=fp16: bf16 is what TensorRT-LLM's DeepSeek-V3 README uses (DeepSeek-V3 activations can "
                                        "overflow FP16); use bf16 unless you have measured fp16", "warning"))
     s = spec.serving
     if s.max_seq_len > m.max_position_embeddings:

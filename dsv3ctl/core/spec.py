@@ -2,7 +2,8 @@
 
 Load with :func:`load_spec`; it raises :class:`dsv3ctl.errors.SpecError` (exit code 2) whose message
 names each bad field, the rule and a valid alternative ("did you mean" for unknown keys).
-The embedded default (``dsv3ctl/data/dsv3.yaml``) is the seed's FP8 example: DeepSeek-V3, engine mode,
+The embedded default (``dsv3ctl/data/dsv3.yaml``) is the FP8 example of
+TensorRT-LLM's DeepSeek-V3 README (examples/deepseek_v3/README.md on the deepseek branch): DeepSeek-V3, engine mode,
 TP 16 over 2 nodes x 8 H100-80GB, max_batch_size 4, max_input_len 2048, max_seq_len 4096.
 
 Only field-local rules live here (types, ranges, enums). Rules that need DeepSeek-V3's architecture
@@ -188,7 +189,7 @@ class LaunchSpec(_Strict):
 
 
 class SlurmSpec(_Strict):
-    """The sbatch script of ``dsv3ctl slurm render`` (the seed's srun + container path)."""
+    """The sbatch script of ``dsv3ctl slurm render`` (srun + pyxis container path)."""
 
     job_name: str = Field("dsv3", pattern=r"^[A-Za-z0-9_.-]+$")
     partition: str = Field("", description="sbatch --partition; empty = the cluster default")
@@ -199,7 +200,7 @@ class SlurmSpec(_Strict):
     )
 
 
-# ------------------------------------------------------------------------------------------ deploy (issue 5)
+# ------------------------------------------------------------------------------------------ deploy -------
 # Kubernetes deployment (Helm chart helm/dsv3 on LeaderWorkerSet). Field names are the chart's value names:
 # the chart's values.yaml is this spec's model_dump and values.schema.json its JSON Schema (a test keeps
 # them equal), so spec and chart values cannot drift. Sizes are Kubernetes quantities ("64Gi", "32").

@@ -1,4 +1,4 @@
-"""The sbatch script for the seed's Slurm path (pure): one job of ``parallelism.nodes`` nodes, one task per GPU,
+"""The sbatch script for the Slurm path (pure): one job of ``parallelism.nodes`` nodes, one task per GPU,
 ``srun --mpi=pmix`` with the container image (pyxis/enroot ``--container-image``/``--container-mounts``), and
 every task running ``dsv3ctl launch rank`` (which reads ``SLURM_PROCID`` and execs the server of that rank:
 tritonserver leader mode in engine mode, ``trtllm-llmapi-launch`` in llmapi mode).
