@@ -135,3 +135,85 @@ def test_backoff_is_exponential_capped_and_jittered():
     assert len({round(d, 6) for d in ds}) > 1
     b.reset()
     assert b.next() <= 0.5
+
+
+# ------------------------------------------------------------------ on the local cluster, through a stalling path
+
+STALL_NS = "dsv3-stall"
+
+
+@pytest.fixture
+def stall(testbed, tmp_path):
+    """A :class:`StallProxy` to the testbed's API server, a kubeconfig through it, and a direct env; every
+    release left in STALL_NS is uninstalled afterwards (directly, not through the proxy)."""
+    import subprocess as sp
+    from urllib.parse import urlsplit
+
+    import yaml
+
+    server = yaml.safe_load(testbed.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    u = urlsplit(server)
+    proxy = StallProxy((u.hostname or "127.0.0.1", int(u.port or 443)))
+    kc = kubeconfig_via(testbed.kubeconfig, proxy.url, tmp_path / "kubeconfig-proxy")
+    direct = {**os.environ, **testbed.env, "DSV3CTL_HELM": str(testbed.helm)}
+    yield NS(proxy=proxy, env={**direct, "KUBECONFIG": str(kc)}, direct=direct, testbed=testbed)
+    proxy.close()
+    helm = str(testbed.helm)
+    for rel in sp.run([helm, "list", "-n", STALL_NS, "-q"], capture_output=True, text=True, check=False,
+                      env=direct, timeout=60).stdout.split():
+        sp.run([helm, "uninstall", rel, "-n", STALL_NS, "--wait", "--timeout", "120s"], capture_output=True,
+               check=False, env=direct, timeout=180)
+    sp.run([str(testbed.kubectl), "-n", STALL_NS, "delete", "pod", "--all", "--wait=true", "--timeout=60s"],
+           capture_output=True, check=False, env=direct, timeout=90)
+
+
+@pytest.mark.cluster
+def test_deploy_wait_ends_at_its_deadline_when_the_path_stalls_mid_watch(stall, write_spec):
+    # 3 nodes on the 2-node testbed: the third pod stays Pending, so deploy is still watching when the path stalls
+    p = write_spec({"parallelism": {"nodes": 3, "tp": 8, "pp": 3}, "serving": {"mode": "llmapi"}})
+    seen = threading.Event()
+    watcher = threading.Thread(target=lambda: seen.wait(120) and stall.proxy.stall(), daemon=True)
+    watcher.start()
+    deadline = 30
+    code, text, took = _cli(["deploy", "--spec", str(p), "-n", STALL_NS, "--release", "stall", "--create-namespace",
+                             "--skip-preflight", "--timeout", str(deadline), "--grace", "600"],
+                            stall.env, deadline + SLACK_S + 30, on_line=("group 0", seen))
+    assert seen.is_set() and stall.proxy.stalled.is_set(), text  # it was watching when the path stalled
+    assert code == 1, text
+    assert took <= deadline + SLACK_S, f"took {took:.1f} s (deadline {deadline} s)\n{text}"
+    assert f"waited for release stall in namespace {STALL_NS} to become Ready" in text, text
+    assert "last state seen: 0/1 group(s) ready" in text and "stall-dsv3-0" in text, text
+    assert "Traceback" not in text
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("args", "deadline", "waited_for"), [
+    (["status", "--timeout", "8"], 8, f"the status of release dsv3 in namespace {STALL_NS}"),
+    (["logs", "-f", "--timeout", "8"], 8, f"the leader pod of group 0 of release dsv3 in namespace {STALL_NS}"),
+    (["undeploy", "--timeout", "8"], 8, f"every object of release dsv3 in namespace {STALL_NS} to be deleted"),
+])
+def test_commands_end_at_their_deadline_when_the_path_is_stalled(stall, args, deadline, waited_for):
+    # first through the working path (the proxy forwards), then stalled: the same command ends in time
+    code, text, _ = _cli([*args, "-n", STALL_NS], stall.env, 120)
+    assert "does not answer" not in text, text
+    stall.proxy.stall()
+    code, text, took = _cli([*args, "-n", STALL_NS], stall.env, deadline + SLACK_S + 30)
+    assert code == 1, text
+    assert took <= deadline + SLACK_S, f"took {took:.1f} s (deadline {deadline} s)\n{text}"
+    assert "does not answer: timed out" in text and waited_for in text, text
+
+
+@pytest.mark.cluster
+def test_undeploy_ends_at_its_deadline_when_the_path_stalls_during_helm(stall):
+    code, text, _ = _cli(["deploy", "-n", STALL_NS, "--release", "gone", "--create-namespace", "--no-wait"],
+                         stall.direct, 180)
+    assert code == 0, text
+    seen = threading.Event()
+    threading.Thread(target=lambda: seen.wait(120) and stall.proxy.stall(), daemon=True).start()
+    deadline = 15
+    code, text, took = _cli(["undeploy", "-n", STALL_NS, "--release", "gone", "--timeout", str(deadline)],
+                            stall.env, deadline + SLACK_S + 30, on_line=("helm uninstall", seen))
+    assert seen.is_set(), text
+    assert code == 1, text
+    assert took <= deadline + SLACK_S, f"took {took:.1f} s (deadline {deadline} s)\n{text}"
+    assert f"every object of release gone in namespace {STALL_NS} to be deleted" in text, text
