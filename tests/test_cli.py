@@ -33,7 +33,8 @@ def test_plan_tp12_exits_2_with_rule(run_cli, write_spec):
     p = write_spec({"parallelism": {"nodes": 3, "gpus_per_node": 4, "tp": 12}})
     r = run_cli("plan", "--spec", p)
     assert r.code == 2
-    assert "parallelism.tp=12 does not divide the 128 attention heads; use 8 or 16" in r.out
+    assert "parallelism.tp=12 does not divide the 128 attention heads (tp is one of 1, 2, 4, 8, 16, 32, 64, 128); use" in r.out
+    assert "1 nodes" not in r.out
     assert "Traceback" not in r.out + r.err
 
 

@@ -357,12 +357,19 @@ def _rephrase(e: Any) -> str:
     return msg
 
 
+#: keys that are not set but follow from others: (location) -> how
+DERIVED_KEYS = {("parallelism", "moe_tp"): "moe_tp is derived: tp / moe_ep; set parallelism.moe_ep (and tp) instead"}
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: ``<source>: <dotted.field>=<input>: <rule>[; did you mean ...]``."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden" and loc in DERIVED_KEYS:
+            lines.append(f"{source}: {dotted}: {DERIVED_KEYS[loc]}")
+            continue
         if e["type"] == "extra_forbidden":
             valid = _field_names(Spec, loc)
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
@@ -396,7 +403,7 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
 def load_spec(path: str | Path | None = None) -> Spec:
     """Load ``path`` (YAML), or the embedded default when ``path`` is None.
 
-    Raises SpecError (exit 2) when the file is missing, is not YAML or fails validation.
+    Raises SpecError (exit 2) when the file is missing, is empty, is not YAML or fails validation.
     """
     if path is None:
         return parse_spec(yaml.safe_load(default_spec_text()), "default spec")
@@ -410,6 +417,10 @@ def load_spec(path: str | Path | None = None) -> Spec:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
+    if data is None:
+        raise SpecError(f"spec file {str(p)!r} is empty (no keys)", hint=f"write a starter spec with `dsv3ctl init "
+                                                                         f"{p} --force`, or leave out --spec for "
+                                                                         "the embedded default")
     spec = parse_spec(data, str(p))
     spec._source = str(p)
     return spec
