@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 HEAVY = ("kubernetes", "tritonclient", "numpy", "huggingface_hub", "torch", "safetensors", "grpc")
@@ -103,3 +104,14 @@ def test_partial_spec_renders_plain_mode_in_plan(run_cli, write_spec):
     r = run_cli("plan", "--spec", write_spec({"deploy": {"replicas": 1}}), "-o", "json")
     data = json.loads(r.out)
     assert data["mode"] == "engine" and data["precision"] == "fp8"
+
+
+@pytest.mark.parametrize("args", [["plan"], ["plan", "-o", "json"], ["spec", "schema"]])
+def test_a_closed_pipe_is_success(args):
+    """`dsv3ctl plan | head -1`: the reader is gone before dsv3ctl writes (our end closed at once)."""
+    p = subprocess.Popen([sys.executable, "-m", "dsv3ctl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None
+    p.stdout.close()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"Exception ignored" not in err and b"error" not in err, err.decode()

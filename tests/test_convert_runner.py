@@ -375,3 +375,13 @@ def test_cli_import_stays_light():
             "print([m for m in ('numpy', 'torch', 'dsv3ctl.adapters.trtllm') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_dry_run_strict_fails_on_the_errors_it_prints(run_cli, tools, spec8, tmp_path):
+    missing = tmp_path / "no-ckpt"
+    args = ("build-engine", missing, tmp_path / "eng", "-f", spec8, "--python", sys.executable, "--dry-run")
+    r = run_cli(*args)
+    assert r.code == 0 and "# error" in r.out, r.out + r.err  # a dry run reports, and exits 0
+    r = run_cli(*args, "--strict")
+    assert r.code in (1, 2) and "# error" in r.out, r.out + r.err
+    assert "not a TensorRT-LLM checkpoint for this spec" in r.err and "Traceback" not in r.err
