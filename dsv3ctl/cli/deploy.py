@@ -209,9 +209,21 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
                 t.add_row(str(g["index"]), p["role"] + ("" if p["role"] == "leader" else f" {p['worker_index']}"),
                           p["name"], "yes" if p["ready"] else "no",
                           "Terminating" if p["terminating"] else p["phase"], str(p["restarts"]), p["node"], p["reason"])
+        # never truncate pod or node names (a pipe gives rich 80 columns): as wide as the table needs
+        need = con.measure(t, options=con.options.update(max_width=1000)).maximum
+        if need > con.width:  # rich caps print(width=) at the console's width: print through a wider one
+            from rich.console import Console
+
+            con = Console(file=con.file, width=need, highlight=False, soft_wrap=True,
+                          color_system=con.color_system)
         con.print(t)
         for name, url in st["endpoints"].get("urls", {}).items():
             con.print(f"  {name:<8} {url}")
+        ports = st["endpoints"].get("ports", {})
+        if ports:
+            con.print(f"  (in-cluster names; from a workstation: `kubectl -n {ns} port-forward "
+                      f"svc/{st['endpoints']['service']} " + " ".join(f"{p}:{p}" for p in ports.values())
+                      + "`, then 127.0.0.1)")
 
     Sink(output).emit(st, human)
     if not st["ready"]:
