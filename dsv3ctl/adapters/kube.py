@@ -456,9 +456,21 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
         if held:
             msg += ". GPUs held: " + "; ".join(
                 f"{n} ({free[n]:g} of {alloc_of[n]:g} free) by " + ", ".join(map(str, holders[n])) for n in held)
-        if len(fit) < need_nodes:
+        label = d.get("gpu_product_label") or ""
+        others = {_name(n): ((n.metadata.labels if n.metadata else None) or {}).get("nvidia.com/gpu.product", "")
+                  for n in nodes if _qty(((n.status.allocatable if n.status else None) or {}).get(GPU)) >= gpus}
+        wrong = {n: lab for n, lab in others.items() if label and lab != label}
+        if len(fit) < need_nodes and wrong:
+            seen = ", ".join(f"{n}: {lab or '(no label)'}" for n, lab in list(wrong.items())[:6])
+            msg += (f". The GPU product label is the cause: hardware.gpu selects nodes labelled "
+                    f"nvidia.com/gpu.product={label} (deploy.gpu_product_label; null = from hardware.gpu), and the "
+                    f"nodes with {gpus} GPUs carry {seen}. Set hardware.gpu to the nodes' GPU, or "
+                    f"deploy.gpu_product_label to their label ('' = do not select by label)")
+        elif len(fit) < need_nodes and len(fit) >= int(d["replicas"]):
             msg += (f". Use parallelism.nodes <= {len(fit) // max(1, int(d['replicas']))} (with tp x pp adjusted) "
                     "or add nodes")
+        elif len(fit) < need_nodes:
+            msg += ". Add nodes that satisfy the reasons above"
         else:
             rels = sorted({(h.pod.split("/")[0], h.release) for n in held for h in holders[n] if h.release})
             msg += (". Free them first" + (f" (`dsv3ctl undeploy -n {rels[0][0]} --release {rels[0][1]}` if "

@@ -135,10 +135,18 @@ def deploy(
     result: dict[str, Any] = {"release": rel, "namespace": ns, "preflight": [vars(x) for x in checks]}
     if failed and not skip_preflight:
         sink.emit({**result, "ok": False}, lambda con: None)
-        raise SpecError("preflight failed: " + "; ".join(f"{x.name}: {x.message}" for x in failed),
-                        hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+        raise SpecError("preflight failed: " + ", ".join(x.name for x in failed) + " (the FAIL lines above say why "
+                        "and what to change)", hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+    running = _running_shape(kube, ns, rel)
+    want = (int(values["parallelism"]["nodes"]), int(values["deploy"]["replicas"]))
+    if running and running != want:
+        sink.info(f"  note: release {rel} runs {running[1]} group(s) of {running[0]} pod(s); this spec has "
+                  f"{want[1]} of {want[0]}: the upgrade replaces every running group (a LeaderWorkerSet group "
+                  "is one MPI world; its size cannot change in place), so serving stops until the new groups are Ready")
     if dry_run:
-        sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values")
+        sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values"
+                  + (f", replacing the running {running[1]} x {running[0]} group(s)" if running and running != want
+                     else ""))
         sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
         return
     with tempfile.TemporaryDirectory(prefix="dsv3ctl-") as tmp:
@@ -165,6 +173,17 @@ def deploy(
         raise RuntimeFailure(f"{rel} did not become Ready: {res.message}" + (f"\nevents:\n{ev}" if ev else ""),
                              hint=f"`dsv3ctl status -n {ns} --release {rel}`; `dsv3ctl undeploy -n {ns} --release {rel}`")
     sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
+
+
+def _running_shape(kube: Any, ns: str, rel: str) -> tuple[int, int] | None:
+    """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
+    from dsv3ctl.adapters import kube as k
+
+    lws = kube.get_lws(ns, k.fullname(rel))
+    if not lws:
+        return None
+    spec = lws.get("spec", {})
+    return int(spec.get("leaderWorkerTemplate", {}).get("size", 1)), int(spec.get("replicas", 1))
 
 
 # --------------------------------------------------------------------------------------------- status
