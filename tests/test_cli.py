@@ -115,3 +115,20 @@ def test_a_closed_pipe_is_success(args):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"Exception ignored" not in err and b"error" not in err, err.decode()
+
+
+def test_help_shows_no_type_after_flags(run_cli, monkeypatch):
+    import typer.main
+
+    from dsv3ctl.cli import app
+
+    monkeypatch.setenv("COLUMNS", "120")
+    root = typer.main.get_command(app)
+    names = []
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(cmd, "commands", None)
+        names += [[name, s] for s in subs] if subs else [[name]]
+    assert len(names) > 10
+    for n in names:
+        r = run_cli(*n, "--help")
+        assert r.code == 0 and "<bool>" not in r.out, (n, r.out)

@@ -551,6 +551,7 @@ class PodInfo:
     node: str
     reason: str = ""
     terminating: bool = False
+    uid: str = ""  # a pod recreated under the same name (an upgrade) has a new uid
 
 
 def pod_info(p: Any) -> PodInfo:
@@ -569,7 +570,7 @@ def pod_info(p: Any) -> PodInfo:
         name=p.metadata.name, group=int(labels.get(L_GROUP, "0") or 0),
         role="leader" if wi == 0 else "worker", worker_index=wi, phase=st.phase or "Unknown", ready=ready,
         restarts=sum(cs.restart_count for cs in (st.container_statuses or [])), node=p.spec.node_name or "",
-        reason=reason, terminating=p.metadata.deletion_timestamp is not None,
+        reason=reason, terminating=p.metadata.deletion_timestamp is not None, uid=str(p.metadata.uid or ""),
     )
 
 
@@ -712,7 +713,7 @@ def _wait_ready(kube: Kube, namespace: str, release: str, deadline: Deadline, gr
         for g in st["groups"]:
             for p in g["pods"]:
                 info = PodInfo(**p)
-                key = (info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
+                key = (info.uid, info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
                 if seen.get(info.name) != key:
                     seen[info.name] = key
                     if on_change:

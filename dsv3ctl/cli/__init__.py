@@ -35,6 +35,27 @@ app = typer.Typer(
 )
 
 
+
+def _flags_without_type() -> None:
+    """Help shows ``--dry-run`` and ``--wait/--no-wait`` without a ``<bool>`` type: a flag takes no value.
+    typer 0.29 renders every option's type through ``TyperOption.display_type_rich`` (typer/core.py), which
+    returns ``self.metavar`` when set; a flag's is set to "" here (click's ``Option.is_flag``)."""
+    from typer.core import TyperOption
+
+    orig = TyperOption.display_type_rich
+    if getattr(orig, "_dsv3ctl", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else orig(self, ctx)
+
+    display_type_rich._dsv3ctl = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"dsv3ctl {__version__}")

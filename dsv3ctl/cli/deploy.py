@@ -159,10 +159,16 @@ def deploy(
         sink.emit({**result, "ok": True, "waited": False}, lambda con: con.print(f"installed {rel}; `dsv3ctl status -n {ns} --release {rel}`"))
         return
 
+    uids: dict[str, str] = {}
+
     def change(p: k.PodInfo) -> None:
         state = "Terminating" if p.terminating else ("Ready" if p.ready else p.phase)
+        # an upgrade recreates a pod under the same name: say which one a line is about
+        new = p.name in uids and uids[p.name] != p.uid
+        uids[p.name] = p.uid
         sink.info(f"  group {p.group} {p.role:<6} {p.name:<28} {state:<11} node={p.node or '-':<14} "
-                  f"restarts={p.restarts}{'  ' + p.reason if p.reason else ''}")
+                  f"restarts={p.restarts}{'  (new pod ' + p.uid[:8] + ')' if new else ''}"
+                  f"{'  ' + p.reason if p.reason else ''}")
 
     res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)), grace_s=grace,
                        on_change=change)
