@@ -151,8 +151,8 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
     out.append(Check(
         "world_size", ws == tpp,
         f"world size nodes x gpus_per_node = {p.nodes} x {p.gpus_per_node} = {ws} equals tp x pp = {tpp}" if ws == tpp
-        else f"parallelism.tp={p.tp}, pp={p.pp}: tp x pp = {tpp} must equal nodes x gpus_per_node = "
-             f"{p.nodes} x {p.gpus_per_node} = {ws}",
+        else f"parallelism.tp={p.tp}, pp={p.pp}: tp x pp = {tpp} must equal nodes x gpus_per_node = {ws} "
+             f"({p.nodes} x {p.gpus_per_node})",
     ))
     heads_ok = m.heads % p.tp == 0
     out.append(Check(
