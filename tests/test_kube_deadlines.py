@@ -82,9 +82,8 @@ def test_silent_server_every_wait_ends_within_its_deadline(silent, args, deadlin
     assert silent.server.connections >= 1  # it was asked, not refused
 
 
-def test_request_timeouts_are_cut_to_the_deadline(silent, monkeypatch):
-    monkeypatch.setenv("KUBECONFIG", silent.env["KUBECONFIG"])
-    kube = k.Kube()
+def test_request_timeouts_are_cut_to_the_deadline(silent):
+    kube = k.Kube(silent.env["KUBECONFIG"])  # explicit: the client reads $KUBECONFIG once, at its import
     assert kube.request_timeout() == (k.CONNECT_TIMEOUT_S, k.READ_TIMEOUT_S)
     kube.deadline = k.Deadline(2.5, "x")
     c, r = kube.request_timeout()
