@@ -42,7 +42,7 @@ demo-down: ## remove what `make demo` made: the release, the local cluster and .
 	@$(BIN)/python -m dsv3ctl.adapters.testbed down
 	rm -rf .run/demo
 
-# ---- image, launcher and Slurm (issue 6) ----
+# ---- image, launcher and Slurm ----
 .PHONY: sys-deps
 SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck
 IMAGE_TARGET ?= llmapi
@@ -56,7 +56,7 @@ sys-deps: ## install the apt packages the namespace and Slurm tests need (only t
 image: $(STAMP) ## build the container image (IMAGE_TARGET=llmapi|engine; docker buildx, else podman/buildah)
 	$(BIN)/dsv3ctl image build --target $(IMAGE_TARGET)
 
-# --- local Kubernetes testbed (issue 4; docs/testbed.md) -----------------------------------------
+# --- local Kubernetes testbed (docs/testbed.md) -----------------------------------------------
 TESTBED := $(BIN)/python -m dsv3ctl.adapters.testbed
 
 testbed-up: $(STAMP) tools ## start the local cluster (etcd, apiserver, kcm, scheduler, kwok GPU nodes, LWS) on 127.0.0.1

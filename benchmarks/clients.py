@@ -1,4 +1,4 @@
-"""Client overhead per streamed token at 200 concurrent streams (issue 7).
+"""Client overhead per streamed token at 200 concurrent streams.
 
 Starts the Triton protocol TEST DOUBLE (tests/doubles/triton_server.py) in a separate process with zero
 injected delay, then drives ``--streams`` concurrent streams of ``--tokens`` responses each through

@@ -50,7 +50,7 @@ def write_spec(tmp_path):
     return write
 
 
-# --- local Kubernetes testbed (issue 4; docs/testbed.md) ------------------------------------------------
+# --- local Kubernetes testbed (docs/testbed.md) ------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

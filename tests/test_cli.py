@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 HEAVY = ("kubernetes", "tritonclient", "numpy", "huggingface_hub", "torch", "safetensors", "grpc")
@@ -33,7 +34,8 @@ def test_plan_tp12_exits_2_with_rule(run_cli, write_spec):
     p = write_spec({"parallelism": {"nodes": 3, "gpus_per_node": 4, "tp": 12}})
     r = run_cli("plan", "--spec", p)
     assert r.code == 2
-    assert "parallelism.tp=12 does not divide the 128 attention heads; use 8 or 16" in r.out
+    assert "parallelism.tp=12 does not divide the 128 attention heads (tp is one of 1, 2, 4, 8, 16, 32, 64, 128); use" in r.out
+    assert "1 nodes" not in r.out
     assert "Traceback" not in r.out + r.err
 
 
@@ -102,3 +104,31 @@ def test_partial_spec_renders_plain_mode_in_plan(run_cli, write_spec):
     r = run_cli("plan", "--spec", write_spec({"deploy": {"replicas": 1}}), "-o", "json")
     data = json.loads(r.out)
     assert data["mode"] == "engine" and data["precision"] == "fp8"
+
+
+@pytest.mark.parametrize("args", [["plan"], ["plan", "-o", "json"], ["spec", "schema"]])
+def test_a_closed_pipe_is_success(args):
+    """`dsv3ctl plan | head -1`: the reader is gone before dsv3ctl writes (our end closed at once)."""
+    p = subprocess.Popen([sys.executable, "-m", "dsv3ctl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None
+    p.stdout.close()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"Exception ignored" not in err and b"error" not in err, err.decode()
+
+
+def test_help_shows_no_type_after_flags(run_cli, monkeypatch):
+    import typer.main
+
+    from dsv3ctl.cli import app
+
+    monkeypatch.setenv("COLUMNS", "120")
+    root = typer.main.get_command(app)
+    names = []
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(cmd, "commands", None)
+        names += [[name, s] for s in subs] if subs else [[name]]
+    assert len(names) > 10
+    for n in names:
+        r = run_cli(*n, "--help")
+        assert r.code == 0 and "<bool>" not in r.out, (n, r.out)

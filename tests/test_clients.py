@@ -410,12 +410,6 @@ def test_cli_import_stays_light():
     assert out.strip() == "[]"
 
 
-@pytest.mark.skip(reason="not done: the kserve Python server (independent v2 implementation) was not "
-                         "installed or tried in this session; see docs/clients.md")
-def test_health_and_infer_against_kserve():  # pragma: no cover
-    pass
-
-
 @pytest.mark.parametrize("opt", ["--json-out", "--csv-out", "--plot"])
 def test_bench_bad_output_path_refused_before_the_run(run_cli, server, tmp_path, opt):
     before = server.behaviour.stats["ensemble"].success + server.behaviour.stats["ensemble"].fail

@@ -412,3 +412,11 @@ def test_probe_that_cannot_run_is_a_runtime_failure(tmp_path):
     quiet.write_text("#!/bin/sh\nexit 0\n")
     quiet.chmod(0o755)
     assert "listed no flags" in read_help([str(quiet), "--help"]).error
+def test_dry_run_strict_fails_on_the_errors_it_prints(run_cli, tools, spec8, tmp_path):
+    missing = tmp_path / "no-ckpt"
+    args = ("build-engine", missing, tmp_path / "eng", "-f", spec8, "--python", sys.executable, "--dry-run")
+    r = run_cli(*args)
+    assert r.code == 0 and "# error" in r.out, r.out + r.err  # a dry run reports, and exits 0
+    r = run_cli(*args, "--strict")
+    assert r.code in (1, 2) and "# error" in r.out, r.out + r.err
+    assert "not a TensorRT-LLM checkpoint for this spec" in r.err and "Traceback" not in r.err

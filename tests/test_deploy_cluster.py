@@ -135,7 +135,7 @@ def test_three_nodes_fail_fast(kenv, run_cli, write_spec):
     p = write_spec({"parallelism": {"nodes": 3, "tp": 8, "pp": 3}, "serving": {"mode": "llmapi"}})
     r = run_cli("deploy", "--spec", p, "-n", NS, "--release", "three", "--create-namespace", "--timeout", "120")
     assert r.code == 2
-    assert "gpu_nodes" in r.err and "need 3" in r.err
+    assert "gpu_nodes" in r.err and "need 3" in r.out + r.err
     # past the preflight, the scheduler's reason ends the wait (a timeout would say "not Ready after")
     r = run_cli("deploy", "--spec", p, "-n", NS, "--release", "three", "--create-namespace", "--skip-preflight",
                 "--timeout", "120", "--grace", "10")
@@ -156,9 +156,10 @@ def test_preflight_refuses_when_the_gpus_are_held(kenv, run_cli):
         assert "preflight   ok gpu_nodes: 2 node(s) with >= 8 free nvidia.com/gpu (of 2 with" in r.out, r.out
         r = run_cli("deploy", "-n", NS, "--release", "other", "--timeout", "60", "--grace", "5")
         assert r.code == 2, r.out + r.err
-        assert "gpu_nodes: 0 node(s) with >= 8 free nvidia.com/gpu (of 2 with 8 allocatable" in r.err, r.err
-        assert f"{NS}/hold-dsv3-0 (8, release hold)" in r.err and f"{NS}/hold-dsv3-0-1 (8, release hold)" in r.err
-        assert "--skip-preflight" in r.err and "Traceback" not in r.err
+        text = r.out + r.err
+        assert "gpu_nodes: 0 node(s) with >= 8 free nvidia.com/gpu (of 2 with 8 allocatable" in text, text
+        assert f"{NS}/hold-dsv3-0 (8, release hold)" in text and f"{NS}/hold-dsv3-0-1 (8, release hold)" in text
+        assert "--skip-preflight" in text and "Traceback" not in text
         assert "other" not in _kubectl(kenv, "-n", NS, "get", "leaderworkerset", "-o", "name")
         # the holder itself may still upgrade: its own pods do not count against it
         r = run_cli("deploy", "-n", NS, "--release", "hold", "--dry-run")

@@ -112,3 +112,43 @@ def test_gpu_holders_count_bound_pods_but_not_the_release_itself():
     assert why == ""
     assert {n: [str(h) for h in hs] for n, hs in held.items()} == {
         "n0": ["dsv3/dsv3-0 (8, release dsv3)"], "n1": ["other/job (4)"]}
+
+
+def test_helm_is_found_in_the_pinned_tools_when_not_on_path(tmp_path, monkeypatch, capsys):
+    from dsv3ctl.adapters import helm
+    from dsv3ctl.errors import RuntimeFailure
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "helm"
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    monkeypatch.delenv("DSV3CTL_HELM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("DSV3CTL_TOOLS_BIN", str(bin_dir))
+    assert helm.find_helm() == str(exe)
+    assert f"using the pinned {exe}" in capsys.readouterr().err
+    monkeypatch.setenv("DSV3CTL_TOOLS_BIN", str(tmp_path / "none"))
+    with pytest.raises(RuntimeFailure, match="no pinned helm") as e:
+        helm.find_helm()
+    assert "make tools" in (e.value.hint or "") and "Helm 3.x or 4.x" in (e.value.hint or "")
+
+
+def test_status_table_keeps_long_pod_names_when_piped(run_cli, monkeypatch):
+    from dsv3ctl.cli import deploy as d
+
+    long = "a-very-long-release-name-dsv3-0-1"
+    pod = {"name": long, "group": 0, "role": "worker", "worker_index": 1, "phase": "Running", "ready": True,
+           "restarts": 0, "node": "gpu-node-with-a-long-name-17", "reason": "", "terminating": False}
+    st = {"release": "r", "namespace": "ns", "lws": "r-dsv3", "exists": True, "size": 2, "replicas": 1,
+          "ready_replicas": 1, "updated_replicas": 1, "conditions": {"Available": "True"}, "generation": 1,
+          "observed_generation": 1, "ready": True, "groups": [{"index": 0, "ready": True, "pods": [pod]}],
+          "endpoints": {"service": "r-dsv3-api", "ports": {"http": 8000, "grpc": 8001},
+                        "urls": {"http": "http://r-dsv3-api.ns.svc:8000", "grpc": "r-dsv3-api.ns.svc:8001"}}}
+    monkeypatch.setattr(d, "_kube", lambda kc: NS(deadline=None))
+    monkeypatch.setattr(k, "status", lambda kube, ns, rel, fabric=False: st)
+    monkeypatch.setenv("COLUMNS", "60")
+    r = run_cli("status", "-n", "ns", "--release", "r")
+    assert r.code == 0, r.err
+    assert long in r.out and "gpu-node-with-a-long-name-17" in r.out and "…" not in r.out, r.out
+    assert "kubectl -n ns port-forward svc/r-dsv3-api 8000:8000 8001:8001" in r.out

@@ -165,3 +165,29 @@ def test_branch_pin_is_resolved_with_git_and_passed_as_the_commit(run_cli, write
     assert f"TRTLLM_COMMIT={sha}" in cmd
     r = run_cli("image", "build", "--spec", spec, "--dry-run", "--builder", "docker", "--target", "engine")
     assert r.code == 0 and "TRTLLM_COMMIT=deepseek" in r.out and "git ls-remote" in r.err
+@pytest.mark.parametrize(("value", "repo", "tag"), [
+    ("0.1.0-engine", None, "0.1.0-engine"),
+    ("registry.example.com/dsv3ctl:0.1.0-engine", "registry.example.com/dsv3ctl", "0.1.0-engine"),
+    ("localhost:5000/team/dsv3ctl:v1", "localhost:5000/team/dsv3ctl", "v1"),
+    ("localhost:5000/dsv3ctl", "localhost:5000/dsv3ctl", None),
+    ("dsv3ctl:v2", "dsv3ctl", "v2"),
+])
+def test_tag_is_a_tag_or_a_full_reference(value, repo, tag):
+    from dsv3ctl.render.image import split_ref
+
+    assert split_ref(value) == (repo, tag)
+
+
+def test_image_build_tag_with_a_registry_is_not_glued_onto_the_spec_repository(run_cli, write_spec):
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--tag", "registry.example.com/dsv3ctl:0.1.0-engine")
+    assert r.code == 0, r.err
+    assert "--tag registry.example.com/dsv3ctl:0.1.0-engine " in r.out and "ghcr.io" not in r.out
+    # what the chart pulls is the spec's image.repository:image.tag; the build says how to point it there
+    assert "deploy and slurm render use ghcr.io/dsv3ctl/dsv3ctl:" in r.err
+    assert "image.repository: registry.example.com/dsv3ctl and image.tag: 0.1.0-engine" in r.err
+    spec = write_spec({"image": {"repository": "registry.example.com/dsv3ctl", "tag": "0.1.0-engine"}})
+    r = run_cli("image", "build", "--spec", spec, "--dry-run", "--builder", "docker")
+    assert "--tag registry.example.com/dsv3ctl:0.1.0-engine " in r.out and "note: deploy and slurm render" not in r.err
+    for bad in ("bad tag", "Registry.example.com/X:1", "reg.example/x:" + "t" * 200):
+        r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--tag", bad)
+        assert r.code == 2 and "--tag" in r.err, (bad, r.err)

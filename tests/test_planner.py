@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsv3ctl.core.planner import make_plan, require_valid
+from dsv3ctl.core.hardware import GPUS
+from dsv3ctl.core.planner import apply_fix, fix_text, make_plan, require_valid
 from dsv3ctl.core.spec import parse_spec
 from dsv3ctl.errors import SpecError
 
@@ -39,13 +40,14 @@ def test_default_plan_passes_with_published_figures():
 def test_tp12_names_rule_and_alternative():
     p = make_plan(spec(parallelism={"nodes": 3, "gpus_per_node": 4, "tp": 12}))
     msgs = [c.message for c in p.errors]
-    assert "parallelism.tp=12 does not divide the 128 attention heads; use 8 or 16" in msgs
+    assert any(m.startswith("parallelism.tp=12 does not divide the 128 attention heads (tp is one of 1, 2, 4, 8, 16, "
+                            "32, 64, 128); use parallelism.") for m in msgs), msgs
 
 
 def test_engine_mode_refuses_pp():
     p = make_plan(spec(parallelism={"nodes": 2, "gpus_per_node": 8, "tp": 8, "pp": 2}))
     (err,) = [c for c in p.errors if c.name == "engine_pp"]
-    assert "silently drops 1 of the 61" in err.message and "pp=1" in err.message
+    assert "silently drops 1 of the 61" in err.message and "parallelism.pp=1" in err.message
 
 
 def test_llmapi_allows_pp_with_warning():
@@ -122,20 +124,89 @@ def test_every_accepted_layout_satisfies_the_rules(layout, mode, gpu, precision)
     else:
         for c in p.errors:
             assert c.name in RULES
-            assert "=" in c.message and ("use" in c.message), c.message
+            assert "=" in c.message and ("; use " in c.message or "no change" in c.message), c.message
 
 
 def test_world_size_fix_is_always_concrete():
     p = make_plan(spec(parallelism={"tp": 12}))
     (err,) = [c for c in p.errors if c.name == "world_size"]
     assert "?" not in err.message
-    assert "use tp=16 or nodes=2 with gpus_per_node=6" in err.message
+    # not "nodes=2 with gpus_per_node=6": that keeps tp=12, which still fails tp_divides_heads
+    assert "use parallelism.tp=16" in err.message and "gpus_per_node=6" not in err.message, err.message
 
 
 def test_max_seq_len_beyond_the_model_context():
     p = make_plan(spec(serving={"max_seq_len": 1_000_000}))
     (err,) = [c for c in p.errors if c.name == "max_seq_len"]
-    assert "163840" in err.message and "use max_seq_len=163840" in err.message
+    assert "163840" in err.message and "use serving.max_seq_len=163840" in err.message
+    # the KV check never suggests more than the model's context either
+    kv = [c for c in p.errors if c.name == "memory_kv_cache"]
+    for fix in (f for c in kv for f in c.fixes):
+        assert fix.get("serving.max_seq_len", 0) <= 163840
+
+
+@pytest.mark.parametrize(("sections", "check", "never"), [
+    ({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 12}}, "world_size", "gpus_per_node=6"),
+    ({"serving": {"max_seq_len": 200000}}, "memory_kv_cache", "max_seq_len=187"),
+    ({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}}, "memory_weights", "precision=fp8"),
+    ({"parallelism": {"nodes": 1, "gpus_per_node": 8, "tp": 8}, "hardware": {"gpu": "H200"},
+      "model": {"precision": "bf16"}}, "memory_weights", "gpu=H200"),
+    ({"parallelism": {"nodes": 3, "gpus_per_node": 8, "tp": 24}}, "tp_divides_heads", "nodes=3 with"),
+])
+def test_the_bad_suggestions_are_gone(sections, check, never):
+    p = make_plan(spec(**sections))
+    (c,) = [c for c in p.errors if c.name == check]
+    assert c.fixes and never not in c.message, c.message
+    for fix in c.fixes:
+        assert make_plan(apply_fix(spec(**sections), fix)).ok, fix
+
+
+bad = st.fixed_dictionaries({
+    "parallelism": st.fixed_dictionaries({
+        "nodes": st.sampled_from([1, 2, 3, 4]), "gpus_per_node": st.sampled_from([1, 2, 4, 6, 8]),
+        "tp": st.sampled_from([1, 3, 4, 8, 12, 16, 24, 32, 40]), "pp": st.sampled_from([1, 2, 3]),
+        "moe_ep": st.sampled_from([1, 2, 3, 8, 16])}),
+    "serving": st.fixed_dictionaries({
+        "mode": st.sampled_from(["engine", "llmapi"]), "max_seq_len": st.sampled_from([4096, 32768, 200000]),
+        "max_batch_size": st.sampled_from([4, 64]), "max_num_tokens": st.sampled_from([1024, 8192])}),
+    "hardware": st.fixed_dictionaries({"gpu": st.sampled_from(sorted(GPUS))}),
+    "model": st.fixed_dictionaries({"precision": st.sampled_from(["fp8", "bf16"])}),
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(sections=bad)
+def test_every_suggested_fix_passes_plan(sections):
+    """Generated (mostly bad) specs: every fix a failed check names, applied to the spec, makes the whole
+    plan pass; the message names exactly those fixes."""
+    s = spec(**sections)
+    p = make_plan(s)
+    for c in p.errors:
+        assert c.fixes or "no change" in c.message, c.message
+        for fix in c.fixes:
+            assert fix_text(fix) in c.message
+            after = make_plan(apply_fix(s, fix))
+            assert after.ok, (c.name, fix, [e.message for e in after.errors])
+
+
+def test_moe_tp_is_derived_not_a_typo(tmp_path):
+    from dsv3ctl.core.spec import load_spec
+
+    f = tmp_path / "s.yaml"
+    f.write_text("parallelism:\n  moe_tp: 4\n")
+    with pytest.raises(SpecError, match=r"parallelism\.moe_tp: moe_tp is derived: tp / moe_ep") as e:
+        load_spec(f)
+    assert "did you mean" not in e.value.message
+
+
+def test_an_empty_spec_file_is_refused(tmp_path):
+    from dsv3ctl.core.spec import load_spec
+
+    f = tmp_path / "empty.yaml"
+    f.write_text("# nothing yet\n")
+    with pytest.raises(SpecError, match="is empty") as e:
+        load_spec(f)
+    assert "dsv3ctl init" in (e.value.hint or "")
 
 
 def test_failed_layout_reports_unknown_memory_not_free():

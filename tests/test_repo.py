@@ -536,3 +536,27 @@ def test_check_unparsable_config_reports_one_problem_and_skips_dependent_rules(b
     assert "is not in the repository" not in out and "neither an ensemble input" not in out
     assert "FAIL: 1 problem(s)" in out
     assert "ensemble/config.pbtxt: ensemble wiring checks: skipped: preprocessing/config.pbtxt" in out
+
+
+def test_build_and_check_refuse_an_engine_of_another_rank_count(tmp_path, tp16, v3_tok, write_spec, run_cli):
+    spec8 = write_spec(TP8)
+    r = run_cli("repo", "build", "--spec", spec8, "--engine-dir", tp16, "--tokenizer-dir", v3_tok,
+                "--out", tmp_path / "r8")
+    assert r.code == 2, r.out + r.err
+    assert "built for tp 16 x pp 1 = 16 ranks" in r.err and "tp 8 x pp 1 = 8" in r.err, r.err
+    assert not (tmp_path / "r8").exists()
+    # a repository built for tp 16, checked against a tp 8 engine directory: caught before pod start
+    r = run_cli("repo", "build", "--engine-dir", tp16, "--tokenizer-dir", v3_tok, "--out", tmp_path / "r16")
+    assert r.code == 0, r.err
+    eng8 = _skeleton(tmp_path / "e8", TP8)
+    r = run_cli("repo", "check", tmp_path / "r16", "--engine-dir", eng8)
+    assert r.code == 2 and "the repository was built for a spec with tp 16 x pp 1" in r.out, r.out
+    assert run_cli("repo", "check", tmp_path / "r16", "--engine-dir", tp16).code == 0
+
+
+def test_llmapi_model_yaml_points_at_launch_model_dir(tmp_path, write_spec, run_cli):
+    spec = write_spec({"serving": {"mode": "llmapi"}, "launch": {"model_dir": "/models/DeepSeek-V3-hf"}})
+    r = run_cli("repo", "build", "--spec", spec, "--out", tmp_path / "l")
+    assert r.code == 0, r.err
+    y = yaml.safe_load((tmp_path / "l" / "tensorrt_llm" / "1" / "model.yaml").read_text())
+    assert y["model"] == "/models/DeepSeek-V3-hf"  # not the hub id: no download at pod start

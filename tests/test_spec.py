@@ -9,7 +9,7 @@ from dsv3ctl.core.spec import default_spec_text, load_spec, parse_spec
 from dsv3ctl.errors import SpecError
 
 
-def test_default_is_the_seed_fp8_example():
+def test_default_is_the_fp8_example_of_the_trtllm_readme():
     s = load_spec(None)
     assert s.model.repo == "deepseek-ai/DeepSeek-V3"
     assert s.model.precision == "fp8"

@@ -1,4 +1,4 @@
-"""The local Kubernetes testbed for real (issue 4): a v1.36.3 API server, kwok GPU nodes, the LWS manager
+"""The local Kubernetes testbed for real: a v1.36.3 API server, kwok GPU nodes, the LWS manager
 with its webhooks, and both pinned Helm binaries. Every object is created in its own namespace, which is
 deleted (and its pods waited for) before the next scenario, so GPU capacity is free again."""
 

@@ -1,6 +1,6 @@
 """Adapter to the ``helm`` binary (subprocess; Helm v3.x and v4.x both work).
 
-Found as ``$DSV3CTL_HELM`` or ``helm`` on PATH. Every call raises :class:`dsv3ctl.errors.RuntimeFailure`
+Found as ``$DSV3CTL_HELM``, ``helm`` on PATH, or the pinned helm ``make tools`` builds (:func:`find_helm`). Every call raises :class:`dsv3ctl.errors.RuntimeFailure`
 (exit 1) with helm's own stderr when helm fails, and when helm is missing (naming how to get it).
 Source: Helm CLI reference (helm.sh/docs/helm), ``helm template --kube-version/--api-versions``.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,44 @@ RENDER_KUBE_VERSION = "1.36.0"
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 
 
+#: where ``tools/build.sh`` (``make tools``, ``make test``, ``make demo``) keeps the pinned binaries:
+#: ``<cache>/<key>/bin`` with ``helm`` (Helm v4, tools/helm4/go.mod) and ``helm3`` (tools/helm3/go.mod)
+TOOLS_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dsv3ctl" / "tools"
+
+
+def _pinned_helm() -> str | None:
+    """``helm`` of the pinned tools: ``$DSV3CTL_TOOLS_BIN/helm``, else the newest ``<cache>/*/bin/helm``."""
+    env = os.environ.get("DSV3CTL_TOOLS_BIN")
+    cands = [Path(env) / "helm"] if env else sorted(TOOLS_CACHE.glob("*/bin/helm"), key=lambda p: p.stat().st_mtime,
+                                                     reverse=True)
+    return next((str(c) for c in cands if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+_SAID: set[str] = set()
+
+
 def find_helm() -> str:
-    """Path of the helm executable; RuntimeFailure when none is found."""
+    """Path of the helm executable: ``$DSV3CTL_HELM``, else ``helm`` on PATH, else the pinned helm that
+    ``make tools`` builds (:data:`TOOLS_CACHE`; a note on stderr says which file is used). RuntimeFailure
+    when none is found."""
     env = os.environ.get("DSV3CTL_HELM")
     if env:
         if not (Path(env).is_file() and os.access(env, os.X_OK)):
             raise RuntimeFailure(f"DSV3CTL_HELM={env} is not an executable file")
         return env
     found = shutil.which("helm")
-    if not found:
-        raise RuntimeFailure("helm is not on PATH", hint="run `make tools` and put the printed bin directory on PATH, "
-                                                         "or set DSV3CTL_HELM=/path/to/helm")
-    return found
+    if found:
+        return found
+    pinned = _pinned_helm()
+    if pinned:
+        if pinned not in _SAID:
+            _SAID.add(pinned)
+            sys.stderr.write(f"note: helm is not on PATH; using the pinned {pinned} (built by `make tools`)\n")
+        return pinned
+    raise RuntimeFailure("helm is not on PATH and no pinned helm was built",
+                         hint="install Helm 3.x or 4.x (https://helm.sh/docs/intro/install/), run `make tools` in "
+                              "a dsv3ctl checkout (builds the pinned helm into ~/.cache/dsv3ctl/tools), or set "
+                              "DSV3CTL_HELM=/path/to/helm")
 
 
 def run(args: list[str], *, timeout: float | None = None, helm: str | None = None) -> str:
@@ -61,26 +88,31 @@ def split_manifests(text: str) -> list[dict[str, Any]]:
 
 
 def upgrade_install(chart: Path, release: str, namespace: str, values_file: Path, *, timeout_s: int = 300,
-                    create_namespace: bool = False, helm: str | None = None) -> str:
-    """``helm upgrade --install`` (no --wait: dsv3ctl watches the group itself)."""
+                    create_namespace: bool = False, kill_after_s: float = 60, helm: str | None = None) -> str:
+    """``helm upgrade --install --timeout TIMEOUT_S`` (no --wait: dsv3ctl watches the group itself); helm is
+    killed ``kill_after_s`` seconds after its own timeout."""
     args = ["upgrade", "--install", release, str(chart), "--namespace", namespace, "-f", str(values_file),
             "--timeout", f"{timeout_s}s"]
     if create_namespace:
         args.append("--create-namespace")
-    return run(args, timeout=timeout_s + 60, helm=helm)
+    return run(args, timeout=timeout_s + kill_after_s, helm=helm)
 
 
-def uninstall(release: str, namespace: str, *, timeout_s: int = 300, helm: str | None = None) -> str:
-    """``helm uninstall --wait``; RuntimeFailure when the release does not exist."""
+def uninstall(release: str, namespace: str, *, timeout_s: int = 300, kill_after_s: float = 60,
+              helm: str | None = None) -> str:
+    """``helm uninstall --wait --timeout TIMEOUT_S``; helm is killed ``kill_after_s`` seconds after that (an
+    API server that stops answering can hold helm's own requests). RuntimeFailure when the release does
+    not exist."""
     return run(["uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{timeout_s}s"],
-               timeout=timeout_s + 60, helm=helm)
+               timeout=timeout_s + kill_after_s, helm=helm)
 
 
-def release_exists(release: str, namespace: str, *, helm: str | None = None) -> bool:
+def release_exists(release: str, namespace: str, *, timeout_s: float = 60, helm: str | None = None) -> bool:
     """Whether a release of that name exists in any state. ``helm status`` answers the same on Helm 3 and 4
-    (``helm list --all`` is gone in Helm 4, which lists every state by default)."""
+    (``helm list --all`` is gone in Helm 4, which lists every state by default). RuntimeFailure when helm
+    does not finish within ``timeout_s``."""
     try:
-        run(["status", release, "--namespace", namespace], helm=helm)
+        run(["status", release, "--namespace", namespace], timeout=timeout_s, helm=helm)
     except RuntimeFailure as err:
         if "not found" in err.message:
             return False

@@ -7,13 +7,27 @@ Objects are found by the chart's labels (``app.kubernetes.io/instance=<release>`
 (pod conditions: PodScheduled=False/Unschedulable carries the scheduler's reason).
 Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached: every request
 goes through :class:`Kube`'s one guarded ``ApiClient``, which names the server URL and the fix.
+
+No request can hang: every call carries a (connect, read) timeout (:data:`CONNECT_TIMEOUT_S`,
+:data:`READ_TIMEOUT_S`, both cut to what is left of the command's :class:`Deadline`), urllib3's own
+retries are off, and waits (:func:`wait_ready`, :func:`wait_gone`) re-list and re-watch with
+:class:`Backoff` until their one overall deadline, whose message names what was waited for and the last
+state seen. How the ``kubernetes`` client (37.0.2, kubernetes-client/python) applies them:
+``kubernetes/client/rest.py:236-246`` turns ``_request_timeout=(connect, read)`` into
+``urllib3.Timeout(connect=, read=)`` (a single number would be a *total*), ``rest.py:155-156`` passes
+``Configuration.retries`` to the urllib3 pool (None = urllib3's default of 3 retries per request);
+``kubernetes/watch/watch.py:213-215`` disables the watch's own reconnects when ``timeout_seconds`` is given
+(the server then ends the stream after that many seconds), and ``watch.py:239-247`` then raises an
+``ERROR`` event (410 Gone: the resourceVersion is too old) as ``ApiException(status=410)``.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -33,6 +47,82 @@ L_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
 #: container waiting reasons that will not fix themselves
 BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff", "CreateContainerConfigError",
                "CreateContainerError", "InvalidImageName", "RunContainerError"}
+
+
+#: seconds for the TCP connect and the TLS handshake of one request (urllib3 applies the connect timeout to
+#: both: the socket keeps it until the handshake is done)
+CONNECT_TIMEOUT_S = 5.0
+#: seconds one socket read may block: an answer, or the next chunk of a watch / log stream
+READ_TIMEOUT_S = 20.0
+#: seconds a pod watch stays open before the state is re-read (the watch's ``timeout_seconds``)
+WATCH_BLOCK_S = 2
+
+
+class Deadline:
+    """One overall deadline of a command that waits.
+
+    ``seconds`` from now; ``what`` names what is waited for ("release dsv3 in namespace dsv3 to become
+    Ready"); ``last`` is the last state seen and ``last_error`` the last failed request, both put into
+    :meth:`failure`'s message.
+    """
+
+    def __init__(self, seconds: float, what: str) -> None:
+        self.seconds, self.what = float(seconds), what
+        self.end = time.monotonic() + self.seconds
+        self.last = ""
+        self.last_error = ""
+
+    def left(self) -> float:
+        """Seconds left (negative once expired)."""
+        return self.end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def failure(self) -> RuntimeFailure:
+        """The one error when the deadline has passed (exit 1)."""
+        msg = f"gave up after {self.seconds:g} s waiting for {self.what}; last state seen: {self.last or 'none yet'}"
+        if self.last_error:
+            msg += f"; last error: {self.last_error}"
+        return RuntimeFailure(msg, hint="a longer --timeout waits longer; `dsv3ctl status` shows the state now")
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter between retries of a failed list/watch.
+
+    The n-th delay (seconds) is ``min(cap, base * 2**n)`` times a uniform factor in [0.5, 1] ("equal
+    jitter": never less than half the step, so a server that keeps answering 410 Gone is asked at most a
+    few times a second at first and every ``cap/2``-``cap`` s later). :meth:`reset` after a success.
+    """
+
+    base: float = 0.25
+    cap: float = 8.0
+    n: int = 0
+
+    def next(self) -> float:
+        d = min(self.cap, self.base * 2 ** self.n) * random.uniform(0.5, 1.0)
+        self.n = min(self.n + 1, 30)
+        return d
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def sleep(self, deadline: Deadline | None = None) -> None:
+        """Sleep the next delay, never past ``deadline``."""
+        d = self.next()
+        if deadline is not None:
+            d = min(d, max(0.0, deadline.left()))
+        time.sleep(d)
+
+
+class ApiUnreachable(RuntimeFailure):
+    """The API server did not answer (refused, timed out, reset, TLS failure): exit 1. ``short`` is the
+    message without the wait's context (what a retry loop keeps as its last error)."""
+
+    def __init__(self, message: str, hint: str | None = None, short: str = "") -> None:
+        super().__init__(message, hint)
+        self.short = short or message
 
 
 def fullname(release: str) -> str:
@@ -77,7 +167,8 @@ class Kube:
     server URL from the kubeconfig and the fix, so no command prints a urllib3 traceback.
     """
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None,
+                 deadline: Deadline | None = None) -> None:
         import os
 
         from kubernetes import client, config
@@ -93,7 +184,12 @@ class Kube:
                 raise RuntimeFailure(f"no usable kubeconfig: {e}",
                                      hint="set KUBECONFIG (e.g. `make testbed-env`) or pass --kubeconfig") from None
         self.client = client
-        self.api = client.ApiClient()
+        self.deadline = deadline
+        cfg = client.Configuration.get_default_copy()
+        # no urllib3 retries (rest.py:155-156; its default is 3 per request, which multiplies every timeout
+        # by 4): the waits retry themselves, with backoff and within their deadline
+        cfg.retries = 0
+        self.api = client.ApiClient(cfg)
         self.server = str(self.api.configuration.host)
         self.api.call_api = self._guard(self.api.call_api)  # type: ignore[method-assign]
         self.core = client.CoreV1Api(self.api)
@@ -101,25 +197,55 @@ class Kube:
         self.ext = client.ApiextensionsV1Api(self.api)
         self.version = client.VersionApi(self.api)
 
-    def unreachable(self, reason: str) -> RuntimeFailure:
-        """The one error for "the API server does not answer" (exit 1)."""
-        return RuntimeFailure(
-            f"the Kubernetes API server {self.server} (kubeconfig: {self.kubeconfig}) does not answer: {reason}",
-            hint="check KUBECONFIG and its current context (`kubectl config current-context`); for the local "
-                 "testbed start it with `make testbed-up`, then `eval \"$(make -s testbed-env)\"`")
+    def unreachable(self, reason: str, request: str = "") -> ApiUnreachable:
+        """The one error for "the API server does not answer" (exit 1); names the command's wait, if any."""
+        msg = f"the Kubernetes API server {self.server} (kubeconfig: {self.kubeconfig}) does not answer: {reason}"
+        if request:
+            msg += f" ({request})"
+        short = msg
+        if self.deadline is not None:
+            d = self.deadline
+            msg += f"; was waiting for {d.what} (deadline {d.seconds:g} s); last state seen: {d.last or 'none yet'}"
+        return ApiUnreachable(
+            msg, hint="check KUBECONFIG and its current context (`kubectl config current-context`); for the local "
+                      "testbed start it with `make testbed-up`, then `eval \"$(make -s testbed-env)\"`", short=short)
+
+    def request_timeout(self, read: float = READ_TIMEOUT_S) -> tuple[float, float]:
+        """(connect, read) seconds for the next request: the defaults, cut to what is left of the deadline
+        (at least 1 s, so a last diagnostic read after the deadline still gets an answer or a clean error)."""
+        left = self.deadline.left() if self.deadline is not None else float("inf")
+        return min(CONNECT_TIMEOUT_S, max(1.0, left)), min(read, max(1.0, left))
+
+    @contextmanager
+    def grace(self, seconds: float = 3.0) -> Iterator[None]:
+        """Requests inside get ``seconds`` of their own (the diagnostics read once the deadline has passed)."""
+        saved = self.deadline
+        if saved is not None:
+            g = Deadline(seconds, saved.what)
+            g.last, g.last_error, g.seconds = saved.last, saved.last_error, saved.seconds
+            self.deadline = g
+        try:
+            yield
+        finally:
+            self.deadline = saved
 
     def _guard(self, call: Callable[..., Any]) -> Callable[..., Any]:
         import urllib3.exceptions
         from kubernetes.client.exceptions import ApiException
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.deadline is not None and self.deadline.expired():
+                raise self.deadline.failure()
+            if kwargs.get("_request_timeout") is None:
+                kwargs["_request_timeout"] = self.request_timeout()
+            request = f"{args[0]} {_url_path(str(args[1]))}" if len(args) >= 2 else ""
             try:
                 return call(*args, **kwargs)
             except urllib3.exceptions.HTTPError as e:
-                raise self.unreachable(_conn_reason(e)) from None
+                raise self.unreachable(_conn_reason(e), request) from None
             except ApiException as e:
                 if e.status == 0:  # the client's own mapping of a TLS error: no HTTP answer at all
-                    raise self.unreachable(str(e.reason or "TLS error")) from None
+                    raise self.unreachable(str(e.reason or "TLS error"), request) from None
                 raise
 
         return guarded
@@ -172,6 +298,13 @@ def _tolerates(tolerations: list[dict[str, Any]], taint: Any) -> bool:
         if op == "Equal" and key == taint.key and (t.get("value") or "") == (taint.value or ""):
             return True
     return False
+
+
+def _url_path(url: str) -> str:
+    """The path of a request URL without the query (which carries selectors, not what is asked)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path or url
 
 
 def _conn_reason(e: Exception) -> str:
@@ -323,9 +456,21 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
         if held:
             msg += ". GPUs held: " + "; ".join(
                 f"{n} ({free[n]:g} of {alloc_of[n]:g} free) by " + ", ".join(map(str, holders[n])) for n in held)
-        if len(fit) < need_nodes:
+        label = d.get("gpu_product_label") or ""
+        others = {_name(n): ((n.metadata.labels if n.metadata else None) or {}).get("nvidia.com/gpu.product", "")
+                  for n in nodes if _qty(((n.status.allocatable if n.status else None) or {}).get(GPU)) >= gpus}
+        wrong = {n: lab for n, lab in others.items() if label and lab != label}
+        if len(fit) < need_nodes and wrong:
+            seen = ", ".join(f"{n}: {lab or '(no label)'}" for n, lab in list(wrong.items())[:6])
+            msg += (f". The GPU product label is the cause: hardware.gpu selects nodes labelled "
+                    f"nvidia.com/gpu.product={label} (deploy.gpu_product_label; null = from hardware.gpu), and the "
+                    f"nodes with {gpus} GPUs carry {seen}. Set hardware.gpu to the nodes' GPU, or "
+                    f"deploy.gpu_product_label to their label ('' = do not select by label)")
+        elif len(fit) < need_nodes and len(fit) >= int(d["replicas"]):
             msg += (f". Use parallelism.nodes <= {len(fit) // max(1, int(d['replicas']))} (with tp x pp adjusted) "
                     "or add nodes")
+        elif len(fit) < need_nodes:
+            msg += ". Add nodes that satisfy the reasons above"
         else:
             rels = sorted({(h.pod.split("/")[0], h.release) for n in held for h in holders[n] if h.release})
             msg += (". Free them first" + (f" (`dsv3ctl undeploy -n {rels[0][0]} --release {rels[0][1]}` if "
@@ -406,6 +551,7 @@ class PodInfo:
     node: str
     reason: str = ""
     terminating: bool = False
+    uid: str = ""  # a pod recreated under the same name (an upgrade) has a new uid
 
 
 def pod_info(p: Any) -> PodInfo:
@@ -424,7 +570,7 @@ def pod_info(p: Any) -> PodInfo:
         name=p.metadata.name, group=int(labels.get(L_GROUP, "0") or 0),
         role="leader" if wi == 0 else "worker", worker_index=wi, phase=st.phase or "Unknown", ready=ready,
         restarts=sum(cs.restart_count for cs in (st.container_statuses or [])), node=p.spec.node_name or "",
-        reason=reason, terminating=p.metadata.deletion_timestamp is not None,
+        reason=reason, terminating=p.metadata.deletion_timestamp is not None, uid=str(p.metadata.uid or ""),
     )
 
 
@@ -507,6 +653,49 @@ class WaitResult:
     events: list[dict[str, str]] = field(default_factory=list)
 
 
+def _summary(st: dict[str, Any]) -> str:
+    """One line of a release's state for a deadline message: groups ready, each pod's state."""
+    if not st["exists"]:
+        return f"no LeaderWorkerSet {st['lws']} yet"
+    pods = [p for g in st["groups"] for p in g["pods"]]
+    each = ", ".join(f"{p['name']} " + ("Terminating" if p["terminating"] else "Ready" if p["ready"] else p["phase"])
+                     + (f" ({p['reason']})" if p["reason"] else "") for p in pods)
+    return (f"{st['ready_replicas']}/{st['replicas']} group(s) ready, {st['updated_replicas']} updated; "
+            f"pods: {each or 'none'}")
+
+
+def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s: int = WATCH_BLOCK_S) -> str:
+    """Block on a pod watch from the current resourceVersion until one event arrives, at most ``block_s``.
+
+    Returns ``"event"``, ``"quiet"`` (the stream ended or the read timed out without an event: the caller
+    re-reads and watches again), or ``"gone"`` (410 Gone: the resourceVersion expired; the caller re-lists
+    after a :class:`Backoff` delay). Raises :class:`ApiUnreachable` when the list itself gets no answer.
+    The watch's socket read timeout is ``block_s`` + :data:`CONNECT_TIMEOUT_S`, so a connection that stops
+    delivering (a stalled proxy) ends this call instead of hanging it.
+    """
+    import urllib3.exceptions
+    from kubernetes import watch
+    from kubernetes.client.exceptions import ApiException
+
+    lmeta = kube.core.list_namespaced_pod(namespace, label_selector=label_selector, limit=1).metadata
+    assert lmeta is not None, "the API server always returns a list's metadata"
+    w = watch.Watch()
+    try:
+        for _ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=label_selector,
+                            resource_version=lmeta.resource_version, timeout_seconds=block_s,
+                            _request_timeout=kube.request_timeout(read=block_s + CONNECT_TIMEOUT_S)):
+            return "event"
+        return "quiet"
+    except ApiException as e:
+        if e.status == 410:
+            return "gone"
+        raise
+    except urllib3.exceptions.HTTPError:  # read timeout / reset while streaming: reconnect
+        return "quiet"
+    finally:
+        w.stop()
+
+
 def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 20.0,
                on_change: Callable[[PodInfo], None] | None = None) -> WaitResult:
     """Watch the release's pods until every group is Ready (and the LWS is updated), or fail fast.
@@ -514,19 +703,41 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
     Fails when a pod stays unschedulable, or a container stays in a waiting state that does not fix
     itself (image pull, crash loop, config error), for ``grace_s`` seconds: the message carries the
     scheduler's / kubelet's reason and the pods' Warning events. ``on_change`` gets every pod state change.
+    One deadline of ``timeout_s`` seconds covers every request: reads that time out or a watch that stalls
+    are retried with :class:`Backoff` until it passes; then the result names what was waited for and the
+    last state seen.
     """
-    from kubernetes import watch
+    deadline = Deadline(timeout_s, f"release {release} in namespace {namespace} to become Ready")
+    saved, kube.deadline = kube.deadline, deadline
+    try:
+        return _wait_ready(kube, namespace, release, deadline, grace_s, on_change)
+    finally:
+        kube.deadline = saved
 
-    deadline = time.monotonic() + timeout_s
+
+def _wait_ready(kube: Kube, namespace: str, release: str, deadline: Deadline, grace_s: float,
+                on_change: Callable[[PodInfo], None] | None) -> WaitResult:
     seen: dict[str, tuple[Any, ...]] = {}
     bad_since: dict[str, float] = {}
+    backoff = Backoff()
+    st: dict[str, Any] | None = None
     while True:
-        st = status(kube, namespace, release)
+        try:
+            st = status(kube, namespace, release)
+        except ApiUnreachable as e:
+            deadline.last_error = e.short
+            if deadline.expired():
+                break
+            backoff.sleep(deadline)
+            continue
+        except RuntimeFailure:  # the deadline passed between the reads of one status
+            break
+        deadline.last = _summary(st)
         now = time.monotonic()
         for g in st["groups"]:
             for p in g["pods"]:
                 info = PodInfo(**p)
-                key = (info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
+                key = (info.uid, info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
                 if seen.get(info.name) != key:
                     seen[info.name] = key
                     if on_change:
@@ -537,33 +748,140 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
                     bad_since.setdefault(info.name, now)
                     if now - bad_since[info.name] >= grace_s:
                         names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
-                        return WaitResult(False, f"pod {info.name}: {info.reason}",
-                                          kube.warning_events(namespace, names)[-10:])
+                        return WaitResult(False, f"pod {info.name}: {info.reason}", _events(kube, namespace, names))
                 else:
                     bad_since.pop(info.name, None)
         if st["ready"] and st["updated_replicas"] == st["replicas"] and all(
                 not p["terminating"] for g in st["groups"] for p in g["pods"]):
             return WaitResult(True, f"{st['replicas']} group(s) x {st['size']} pod(s) Ready")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
-            not_ready = [q["name"] for gg in st["groups"] for q in gg["pods"] if not q["ready"]]
-            return WaitResult(False, f"not Ready after {timeout_s:.0f} s (not ready: {', '.join(not_ready) or 'no pods yet'})",
-                              kube.warning_events(namespace, names)[-10:])
-        # Block on a pod watch from the current resourceVersion until something changes (at most 2 s,
-        # then re-read the LWS status, which has no cheap watch of its own here).
-        w = watch.Watch()
+        if deadline.expired():
+            break
         try:
-            lmeta = kube.core.list_namespaced_pod(namespace, label_selector=pod_selector(release), limit=1).metadata
-            assert lmeta is not None, "the API server always returns a list's metadata"
-            rv = lmeta.resource_version
-            for _ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=pod_selector(release),
-                                resource_version=rv, timeout_seconds=2):
-                break
-        except Exception:  # noqa: BLE001 - an expired resourceVersion (410) just restarts the watch
-            time.sleep(0.5)
-        finally:
-            w.stop()
+            outcome = watch_for_change(kube, namespace, pod_selector(release),
+                                       block_s=max(1, min(WATCH_BLOCK_S, int(deadline.left()) or 1)))
+        except ApiUnreachable as e:
+            deadline.last_error, outcome = e.short, "error"
+        except RuntimeFailure:  # the deadline passed during the watch's list
+            break
+        if outcome in ("gone", "error"):
+            backoff.sleep(deadline)
+        else:
+            backoff.reset()
+    names = {q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"]}
+    not_ready = [q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"] if not q["ready"]]
+    msg = (f"not Ready after {deadline.seconds:g} s (waited for {deadline.what}; not ready: "
+           f"{', '.join(not_ready) or 'no pods yet'}; last state seen: {deadline.last or 'none yet'}")
+    if deadline.last_error:
+        msg += f"; last error: {deadline.last_error}"
+    return WaitResult(False, msg + ")", _events(kube, namespace, names) if names else [])
+
+
+def _events(kube: Kube, namespace: str, names: set[str]) -> list[dict[str, str]]:
+    """The pods' last 10 Warning events, read with a few seconds of grace; [] when that read fails too."""
+    with kube.grace():
+        try:
+            return kube.warning_events(namespace, names)[-10:]
+        except RuntimeFailure:
+            return []
+
+
+def wait_gone(kube: Kube, namespace: str, release: str, deadline: Deadline) -> list[str]:
+    """Poll :func:`leftovers` until none is left or ``deadline`` passes; returns what is left.
+
+    Reads that time out are retried with :class:`Backoff`; raises ``deadline.failure()`` (naming the
+    objects last seen) when no read answered before the deadline.
+    """
+    backoff = Backoff(base=1.0, cap=4.0)
+    left: list[str] | None = None
+    while True:
+        try:
+            left = leftovers(kube, namespace, release)
+            deadline.last = ", ".join(left) or "nothing left"
+            if not left:
+                return left
+        except ApiUnreachable as e:
+            deadline.last_error = e.short
+        except RuntimeFailure:  # the deadline passed between the reads
+            pass
+        if deadline.expired():
+            if left is None:
+                raise deadline.failure()
+            return left
+        backoff.sleep(deadline)
+
+
+def _ts_key(ts: bytes) -> tuple[str, str]:
+    """Sort key of a kubelet log timestamp (RFC 3339 with up to 9 fraction digits, trailing zeros dropped
+    as Go's RFC3339Nano writes them): (seconds part, fraction padded to 9 digits)."""
+    t = ts.decode("ascii", "replace").rstrip("Z")
+    sec, _, frac = t.partition(".")
+    return sec, frac.ljust(9, "0")
+
+
+def follow_log(kube: Kube, namespace: str, name: str, write: Callable[[str], None], *, container: str,
+               tail: int | None, timeout_s: float) -> None:
+    """Stream the log of container ``container`` of pod ``namespace/name`` to ``write`` until it ends.
+
+    Every (re)connection and every probe has a deadline of ``timeout_s`` seconds. The stream is read with
+    ``timestamps=true`` (PodLogOptions.timestamps: each line starts with its RFC 3339 time and a space,
+    which is cut off here). When nothing arrives for ``min(READ_TIMEOUT_S, timeout_s)`` seconds or the
+    stream ends, the pod is read: gone or container terminated ends the follow; running re-opens the stream
+    with ``since_seconds`` covering the gap, lines up to the last timestamp seen dropped. An API server that
+    does not answer the probe raises :class:`ApiUnreachable` naming the log it was following.
+    """
+    import math
+
+    import urllib3.exceptions
+    from kubernetes.client.exceptions import ApiException
+
+    what = f"the log of pod {namespace}/{name} (container {container})"
+    last: tuple[str, str] | None = None
+    last_at = time.monotonic()
+    reopen = False
+    saved = kube.deadline
+    try:
+        while True:
+            kube.deadline = Deadline(timeout_s, what)
+            kw: dict[str, Any] = {"container": container, "follow": True, "timestamps": True,
+                                  "_preload_content": False,
+                                  "_request_timeout": kube.request_timeout(read=min(READ_TIMEOUT_S, timeout_s))}
+            if reopen:
+                kw["since_seconds"] = int(math.ceil(time.monotonic() - last_at)) + 2
+            elif tail is not None:
+                kw["tail_lines"] = tail
+            # with _preload_content=False the client returns the urllib3 response, not the typed str
+            resp = cast("Any", kube.core.read_namespaced_pod_log(name, namespace, **kw))
+            kube.deadline = None  # the stream is open; a follow has no end of its own
+            buf = b""
+            try:
+                for chunk in resp.stream(amt=4096):
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        ts, _, text = line.partition(b" ")
+                        key = _ts_key(ts)
+                        if last is not None and key <= last:
+                            continue
+                        last, last_at = key, time.monotonic()
+                        write(text.decode("utf-8", "replace") + "\n")
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass  # silence past the read timeout, or the connection dropped: probe, then re-open
+            finally:
+                resp.release_conn()
+            kube.deadline = Deadline(min(timeout_s, 5.0), what)
+            kube.deadline.last = f"last line at {last[0]}Z" if last else "no line yet"
+            try:
+                pod = kube.core.read_namespaced_pod(name, namespace)
+            except ApiException as e:
+                if e.status == 404:
+                    return
+                raise
+            cs = [c for c in (pod.status.container_statuses or []) if c.name == container] if pod.status else []
+            if (pod.metadata and pod.metadata.deletion_timestamp is not None) or not cs or (cs[0].state and cs[0].state.terminated):
+                return
+            reopen = True
+    finally:
+        kube.deadline = saved
 
 
 def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:

@@ -74,6 +74,15 @@ def _render(spec: Spec, mode: str, engine_dir: Path | None, tokenizer_dir: Path 
             raise SpecError("engine mode needs --engine-dir DIR and --tokenizer-dir DIR")
         _check_tokenizer_dir(tokenizer_dir)
         info = R.EngineInfo.from_config(read_engine_config(engine_dir), str(engine_dir / "config.json"))
+        par = spec.parallelism
+        if (info.tp_size, info.pp_size) != (par.tp, par.pp):
+            raise SpecError(
+                f"--engine-dir={engine_dir}: the engine was built for tp {info.tp_size} x pp {info.pp_size} = "
+                f"{info.tp_size * info.pp_size} ranks (config.json pretrained_config.mapping) but the spec's "
+                f"parallelism is tp {par.tp} x pp {par.pp} = {par.tp * par.pp}: the pods would start "
+                f"{par.tp * par.pp} MPI ranks against {info.tp_size * info.pp_size} rank*.engine files",
+                hint=f"build the engine for this spec (`{spec.command('build-engine')} CKPT ENGINES`), or set "
+                     f"parallelism.tp: {info.tp_size} and pp: {info.pp_size} (with nodes x gpus_per_node to match)")
         if spec.serving.max_batch_size != info.max_batch_size:
             summary["note"] = (f"spec serving.max_batch_size={spec.serving.max_batch_size} differs from the "
                                f"engine's {info.max_batch_size}; the repository uses the engine's")
@@ -88,7 +97,9 @@ def _render(spec: Spec, mode: str, engine_dir: Path | None, tokenizer_dir: Path 
         summary.update(models=list(R.ENGINE_MODELS), max_batch_size=info.max_batch_size,
                        world_size=info.world_size, engine_mount=engine_mount, placeholder_engine=info.placeholder)
     elif mode == "llmapi":
-        path = model_path or spec.model.repo
+        # the checkpoint where the pods mount it (launch.model_dir), not the Hugging Face id: with the id the
+        # LLM API would download 163 shards from the hub at every pod start
+        path = model_path or spec.launch.model_dir
         for rel, text in R.llmapi_files(spec, path).items():
             files[rel] = text.encode()
         copies[f"{R.LLMAPI_MODEL}/1/model.py"] = src / "llmapi" / "1" / "model.py"
@@ -120,7 +131,9 @@ def build_repo(spec: Spec, out: Path, mode: str = "engine", engine_dir: Path | N
     out = Path(out)
     files, copies, dirs, summary = _render(spec, mode, engine_dir, tokenizer_dir, engine_mount, model_path)
     digest = _digest(files, copies)
-    manifest = {"generator": "dsv3ctl repo build", "mode": mode, "digest": digest}
+    manifest: dict[str, Any] = {"generator": "dsv3ctl repo build", "mode": mode, "digest": digest}
+    if mode == "engine":  # what `repo check --engine-dir` compares the engine directory against
+        manifest.update(tp=spec.parallelism.tp, pp=spec.parallelism.pp)
     summary["out"] = str(out)
     if out.exists():
         if not out.is_dir():
@@ -297,6 +310,7 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
         if broken:
             skipped("engine limit checks (max_batch_size, max_beam_width) of those models", sorted(broken))
         problems += _check_engine(Path(engine_dir), configs, notes)
+        problems += _check_engine_ranks(repo, Path(engine_dir))
 
     # tokenizers
     for name, cfg in configs.items():
@@ -317,6 +331,20 @@ def check_repo(repo: Path, engine_dir: Path | None = None) -> tuple[list[str], l
                 continue
             problems += R.llmapi_key_problems(data, rel, allow_triton)
     return problems, notes
+
+
+def _check_engine_ranks(repo: Path, engine_dir: Path) -> list[str]:
+    """The tp x pp the repository was built for (its manifest) against the engine's mapping."""
+    try:
+        built = json.loads((repo / MANIFEST).read_text())
+        info = R.EngineInfo.from_config(read_engine_config(engine_dir), str(engine_dir / "config.json"))
+    except (OSError, ValueError, SpecError):
+        return []  # no manifest (not built by dsv3ctl) or no readable engine config: reported elsewhere
+    if "tp" not in built or (int(built["tp"]), int(built.get("pp", 1))) == (info.tp_size, info.pp_size):
+        return []
+    return [f"{MANIFEST}: tp x pp: the repository was built for a spec with tp {built['tp']} x pp {built.get('pp', 1)} "
+            f"but {engine_dir}/config.json maps tp {info.tp_size} x pp {info.pp_size}: the pods start one MPI rank "
+            "per GPU of the spec: rebuild the repository and the engine from one spec"]
 
 
 def _check_engine(engine_dir: Path, configs: dict[str, Any], notes: list[str]) -> list[str]:

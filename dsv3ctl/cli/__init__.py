@@ -9,7 +9,7 @@ a traceback is printed only with ``--debug``.
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def _flags_without_type() -> None:
+    """Help shows ``--dry-run`` and ``--wait/--no-wait`` without a ``<bool>`` type: a flag takes no value.
+    typer 0.29 renders every option's type through ``TyperOption.display_type_rich`` (typer/core.py), which
+    returns ``self.metavar`` when set; a flag's is set to "" here (click's ``Option.is_flag``)."""
+    from typer.core import TyperOption
+
+    orig = TyperOption.display_type_rich
+    if getattr(orig, "_dsv3ctl", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else orig(self, ctx)
+
+    display_type_rich._dsv3ctl = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
 
 
 def _version(value: bool) -> None:
@@ -99,8 +120,22 @@ def main() -> None:
     """Console-script entry point: run the app and map errors to exit codes (2 spec/usage, 1 runtime)."""
     from dsv3ctl.errors import Dsv3Error
 
+    real_stdout = sys.stdout
+    sys.stdout = _StdoutGuard(real_stdout)  # type: ignore[assignment]
     try:
         app()
+    except _ReaderGone:
+        # the reader of stdout went away (`dsv3ctl plan | head -1`): what it wanted it got. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again (Python docs, signal module: "Note
+        # on SIGPIPE") and exit 0. (click itself would exit 1 on EPIPE, so the guard raises its own type.)
+        import os
+
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, real_stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+            pass
+        sys.exit(0)
     except Dsv3Error as err:
         if STATE.debug:
             raise
@@ -113,3 +148,31 @@ def main() -> None:
         _report(f"{err.strerror or err}{where}", "rerun with --debug for the traceback", 1)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        sys.stdout = real_stdout
+
+
+class _ReaderGone(Exception):  # noqa: N818 - not an error: the pipe's reader is done
+    """stdout's reader closed the pipe."""
+
+
+class _StdoutGuard:
+    """sys.stdout that turns BrokenPipeError into :class:`_ReaderGone` (which click does not catch)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def write(self, s: str) -> int:
+        try:
+            return int(self._f.write(s))
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except BrokenPipeError:
+            raise _ReaderGone from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)

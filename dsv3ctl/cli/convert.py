@@ -39,7 +39,12 @@ def _esc(text: str) -> str:
     return escape(text)
 
 
-def _dry(sink: Sink, step: str, argv: list[str], pf: Any, out: Path) -> None:
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="With --dry-run: fail (exit 2 for a spec error, 1 otherwise) when the preflight finds an "
+                     "error, after printing the command; without --strict a dry run prints the findings and exits 0.")]
+
+
+def _dry(sink: Sink, step: str, argv: list[str], pf: Any, out: Path, strict: bool = False) -> None:
     from dsv3ctl.adapters.trtllm import partial_dir
 
     data = {"step": step, "argv": argv, "command": shlex.join(argv), "workers": pf.workers,
@@ -52,6 +57,8 @@ def _dry(sink: Sink, step: str, argv: list[str], pf: Any, out: Path) -> None:
             con.print(f"# {f.level} [{f.check}] {f.message}", markup=False, highlight=False)
 
     sink.emit(data, human)
+    if strict:
+        pf.raise_errors()
 
 
 def _done(sink: Sink, res: Any) -> None:
@@ -71,6 +78,7 @@ def convert(
         "/opt/tensorrt_llm/examples/deepseek_v3/convert_checkpoint.py",
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
+    strict: StrictOpt = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Convert a DeepSeek-V3 checkpoint with convert_checkpoint.py (engine mode): preflight, streamed log,
@@ -107,7 +115,7 @@ def convert(
                         "(image.trtllm_commit: deepseek; dsv3ctl/data/trtllm_commits.json), or change "
                         "model.precision")
     if dry_run:
-        _dry(sink, "convert", argv, pf, out)
+        _dry(sink, "convert", argv, pf, out, strict)
         return
     _findings(sink, pf)
     res = T.run_step("convert", s, out, argv, pf, T.validate_checkpoint, ".safetensors", _raw_log(sink), force)
@@ -124,6 +132,7 @@ def build_engine(
         "trtllm-build",
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
+    strict: StrictOpt = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Build TensorRT engines with trtllm-build from a converted checkpoint (engine mode): preflight (SM90
@@ -151,7 +160,7 @@ def build_engine(
                         "use the engine image built from image.trtllm_commit (the trtllm-build of that commit), "
                         "or change the serving options that add the flag")
     if dry_run:
-        _dry(sink, "build-engine", argv, pf, out)
+        _dry(sink, "build-engine", argv, pf, out, strict)
         return
     _findings(sink, pf)
     res = T.run_step("build-engine", s, out, argv, pf, T.validate_engine, ".engine", _raw_log(sink), force)

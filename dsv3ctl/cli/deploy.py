@@ -9,6 +9,7 @@ of the spec's needs. Heavy imports live inside the commands.
 from __future__ import annotations
 
 import tempfile
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -101,7 +102,7 @@ def render(
 def deploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every group is Ready.")] = True,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds to wait for Ready; default serving.load_timeout_s + 300.")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds for the preflight reads, helm and the wait for Ready together; default serving.load_timeout_s + 300.")] = None,
     grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
@@ -121,8 +122,12 @@ def deploy(
     values = _values(spec, namespace, release)
     ns, rel = values["deploy"]["namespace"], values["deploy"]["release"]
     c = _chart(chart)
+    t = timeout if timeout is not None else int(values["serving"]["load_timeout_s"]) + 300
+    start = time.monotonic()
     kube = _kube(kubeconfig)
+    kube.deadline = k.Deadline(t, f"the preflight reads of release {rel} in namespace {ns}")
     checks = k.preflight(kube, values, ns, create_namespace=create_namespace)
+    kube.deadline = None
     failed = [x for x in checks if not x.ok and x.severity == "error"]
     for x in checks:
         mark = "ok" if x.ok and x.severity != "warning" else ("warn" if x.ok else ("SKIP" if skip_preflight else "FAIL"))
@@ -130,28 +135,43 @@ def deploy(
     result: dict[str, Any] = {"release": rel, "namespace": ns, "preflight": [vars(x) for x in checks]}
     if failed and not skip_preflight:
         sink.emit({**result, "ok": False}, lambda con: None)
-        raise SpecError("preflight failed: " + "; ".join(f"{x.name}: {x.message}" for x in failed),
-                        hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+        raise SpecError("preflight failed: " + ", ".join(x.name for x in failed) + " (the FAIL lines above say why "
+                        "and what to change)", hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+    running = _running_shape(kube, ns, rel)
+    want = (int(values["parallelism"]["nodes"]), int(values["deploy"]["replicas"]))
+    if running and running != want:
+        sink.info(f"  note: release {rel} runs {running[1]} group(s) of {running[0]} pod(s); this spec has "
+                  f"{want[1]} of {want[0]}: the upgrade replaces every running group (a LeaderWorkerSet group "
+                  "is one MPI world; its size cannot change in place), so serving stops until the new groups are Ready")
     if dry_run:
-        sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values")
+        sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values"
+                  + (f", replacing the running {running[1]} x {running[0]} group(s)" if running and running != want
+                     else ""))
         sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
         return
     with tempfile.TemporaryDirectory(prefix="dsv3ctl-") as tmp:
         vf = Path(tmp) / "values.yaml"
         _write_values(values, vf)
         sink.info(f"helm upgrade --install {rel} -n {ns}")
-        helm.upgrade_install(c, rel, ns, vf, create_namespace=create_namespace)
+        helm.upgrade_install(c, rel, ns, vf, create_namespace=create_namespace,
+                             timeout_s=max(1, min(300, t)), kill_after_s=5)
     if not wait:
         sink.emit({**result, "ok": True, "waited": False}, lambda con: con.print(f"installed {rel}; `dsv3ctl status -n {ns} --release {rel}`"))
         return
-    t = timeout if timeout is not None else int(values["serving"]["load_timeout_s"]) + 300
+
+    uids: dict[str, str] = {}
 
     def change(p: k.PodInfo) -> None:
         state = "Terminating" if p.terminating else ("Ready" if p.ready else p.phase)
+        # an upgrade recreates a pod under the same name: say which one a line is about
+        new = p.name in uids and uids[p.name] != p.uid
+        uids[p.name] = p.uid
         sink.info(f"  group {p.group} {p.role:<6} {p.name:<28} {state:<11} node={p.node or '-':<14} "
-                  f"restarts={p.restarts}{'  ' + p.reason if p.reason else ''}")
+                  f"restarts={p.restarts}{'  (new pod ' + p.uid[:8] + ')' if new else ''}"
+                  f"{'  ' + p.reason if p.reason else ''}")
 
-    res = k.wait_ready(kube, ns, rel, timeout_s=t, grace_s=grace, on_change=change)
+    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)), grace_s=grace,
+                       on_change=change)
     result.update(ok=res.ok, message=res.message, events=res.events)
     if not res.ok:
         sink.emit(result, lambda con: None)
@@ -159,6 +179,17 @@ def deploy(
         raise RuntimeFailure(f"{rel} did not become Ready: {res.message}" + (f"\nevents:\n{ev}" if ev else ""),
                              hint=f"`dsv3ctl status -n {ns} --release {rel}`; `dsv3ctl undeploy -n {ns} --release {rel}`")
     sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
+
+
+def _running_shape(kube: Any, ns: str, rel: str) -> tuple[int, int] | None:
+    """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
+    from dsv3ctl.adapters import kube as k
+
+    lws = kube.get_lws(ns, k.fullname(rel))
+    if not lws:
+        return None
+    spec = lws.get("spec", {})
+    return int(spec.get("leaderWorkerTemplate", {}).get("size", 1)), int(spec.get("replicas", 1))
 
 
 # --------------------------------------------------------------------------------------------- status
@@ -173,15 +204,19 @@ def _target(spec: Path | None, namespace: str | None, release: str | None) -> tu
 
 
 def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
-           kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table) -> None:
+           kubeconfig: KubeconfigOpt = None, output: OutputOpt = OutputFormat.table,
+           timeout: Annotated[float, typer.Option("--timeout", help="Seconds for all the API reads of the status together.")] = 30,
+           ) -> None:
     """Groups, pods (ready/not, restarts, node), the LWS counters and the endpoints of a release.
 
-    Exit 0 when every group is Ready, 1 when not (or the release has no LeaderWorkerSet, or the API server does not answer).
+    Exit 0 when every group is Ready, 1 when not (or the release has no LeaderWorkerSet, or the API server does not answer within --timeout).
     """
     from dsv3ctl.adapters import kube as k
 
     ns, rel = _target(spec, namespace, release)
-    st = k.status(_kube(kubeconfig), ns, rel, fabric=True)
+    kube = _kube(kubeconfig)
+    kube.deadline = k.Deadline(timeout, f"the status of release {rel} in namespace {ns}")
+    st = k.status(kube, ns, rel, fabric=True)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
@@ -199,6 +234,13 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
                 t.add_row(str(g["index"]), p["role"] + ("" if p["role"] == "leader" else f" {p['worker_index']}"),
                           p["name"], "yes" if p["ready"] else "no",
                           "Terminating" if p["terminating"] else p["phase"], str(p["restarts"]), p["node"], p["reason"])
+        # never truncate pod or node names (a pipe gives rich 80 columns): as wide as the table needs
+        need = con.measure(t, options=con.options.update(max_width=1000)).maximum
+        if need > con.width:  # rich caps print(width=) at the console's width: print through a wider one
+            from rich.console import Console
+
+            con = Console(file=con.file, width=need, highlight=False, soft_wrap=True,
+                          color_system=con.color_system)
         con.print(t)
         for g in st["groups"]:
             f = g.get("fabric")
@@ -210,6 +252,11 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
                           markup=False, highlight=False)
         for name, url in st["endpoints"].get("urls", {}).items():
             con.print(f"  {name:<8} {url}")
+        ports = st["endpoints"].get("ports", {})
+        if ports:
+            con.print(f"  (in-cluster names; from a workstation: `kubectl -n {ns} port-forward "
+                      f"svc/{st['endpoints']['service']} " + " ".join(f"{p}:{p}" for p in ports.values())
+                      + "`, then 127.0.0.1)")
 
     Sink(output).emit(st, human)
     if not st["ready"]:
@@ -231,6 +278,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None,
     spec: LogsSpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, kubeconfig: KubeconfigOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the API server may take to find the pod and open (or, with -f, re-open) the log.")] = 30,
 ) -> None:
     """Print (or with -f stream) the dsv3 container log of the leader or of worker N of a group.
 
@@ -246,10 +294,12 @@ def logs(
     ns, rel = _target(spec, namespace, release)
     kube = _kube(kubeconfig)
     wi = 0 if role == Role.leader else index
+    who = f"{role.value}{'' if wi == 0 else ' ' + str(wi)}"
+    kube.deadline = k.Deadline(timeout, f"the {who} pod of group {group} of release {rel} in namespace {ns}")
     sel = f"{k.pod_selector(rel)},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
     pods = [p for p in kube.core.list_namespaced_pod(ns, label_selector=sel).items if not p.metadata.deletion_timestamp]
     if not pods:
-        raise RuntimeFailure(f"no {role.value}{'' if wi == 0 else ' ' + str(wi)} pod in group {group} of release {rel} "
+        raise RuntimeFailure(f"no {who} pod in group {group} of release {rel} "
                              f"in namespace {ns}", hint=f"`dsv3ctl status -n {ns} --release {rel}` lists the pods")
     name = pods[0].metadata.name
     kw: dict[str, Any] = {"container": "dsv3"}
@@ -257,11 +307,13 @@ def logs(
         kw["tail_lines"] = tail
     try:
         if follow:
-            resp = kube.core.read_namespaced_pod_log(name, ns, follow=True, _preload_content=False, **kw)
-            for chunk in resp.stream(amt=4096):
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
+            def out(text: str) -> None:
+                sys.stdout.write(text)
                 sys.stdout.flush()
+
+            k.follow_log(kube, ns, name, out, container="dsv3", tail=tail, timeout_s=timeout)
         else:
+            kube.deadline = k.Deadline(timeout, f"the log of pod {ns}/{name}")
             sys.stdout.write(kube.core.read_namespaced_pod_log(name, ns, **kw))
     except RuntimeFailure:
         raise  # the API server does not answer (mapped in the kube adapter)
@@ -321,15 +373,13 @@ def _log_error(kube: Any, pod: Any, e: Exception) -> Exception:
 def undeploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
     purge_storage: Annotated[bool, typer.Option("--purge-storage", help="Also delete the chart-created PVC (weights and engines).")] = False,
-    timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait until nothing of the release is left.")] = 300,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds for helm uninstall and the wait until nothing of the release is left, together.")] = 300,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
     """`helm uninstall`, then wait until no object of the release is left.
 
-    Objects waited for: pods, StatefulSets, Services, Secrets, ConfigMaps, the LeaderWorkerSet. A chart-created PVC is kept unless --purge-storage. Exit 1 when something is still there after --timeout, or the API server does not answer.
+    Objects waited for: pods, StatefulSets, Services, Secrets, ConfigMaps, the LeaderWorkerSet. A chart-created PVC is kept unless --purge-storage. Exit 1 when something is still there after --timeout, or the API server does not answer within it.
     """
-    import time
-
     from dsv3ctl.adapters import helm
     from dsv3ctl.adapters import kube as k
     from dsv3ctl.errors import RuntimeFailure
@@ -337,16 +387,31 @@ def undeploy(
     sink = Sink(output)
     ns, rel = _target(spec, namespace, release)
     kube = _kube(kubeconfig)
+    deadline = k.Deadline(timeout, f"every object of release {rel} in namespace {ns} to be deleted")
+    kube.deadline = deadline
     kube.ping()  # one clear error when the API server is down, before helm's own
     if dry_run:
         sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
                   lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))
         return
-    if helm.release_exists(rel, ns):
-        sink.info(f"helm uninstall {rel} -n {ns}")
-        helm.uninstall(rel, ns, timeout_s=timeout)
-    else:
-        sink.info(f"no helm release {rel} in {ns}; removing what is left")
+
+    def helm_left() -> float:
+        if deadline.expired():
+            raise deadline.failure()
+        return deadline.left()
+
+    try:
+        if helm.release_exists(rel, ns, timeout_s=helm_left()):
+            sink.info(f"helm uninstall {rel} -n {ns}")
+            deadline.last = f"helm release {rel} present"
+            helm.uninstall(rel, ns, timeout_s=max(1, int(helm_left())), kill_after_s=5)
+        else:
+            sink.info(f"no helm release {rel} in {ns}; removing what is left")
+    except RuntimeFailure as e:
+        if deadline.what in e.message:
+            raise
+        raise RuntimeFailure(f"{e.message} (waiting for {deadline.what}, deadline {timeout} s; last state seen: "
+                             f"{deadline.last or 'none yet'})", hint=e.hint) from None
     pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
     kept = []
     for p in pvcs:
@@ -354,15 +419,12 @@ def undeploy(
             kube.core.delete_namespaced_persistent_volume_claim(p.metadata.name, ns)
         else:
             kept.append(p.metadata.name)
-    deadline = time.monotonic() + timeout
-    left = k.leftovers(kube, ns, rel)
-    while left and time.monotonic() < deadline:
-        time.sleep(1)
-        left = k.leftovers(kube, ns, rel)
+    left = k.wait_gone(kube, ns, rel, deadline)
     data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept}
     if left:
         sink.emit(data, lambda con: None)
-        raise RuntimeFailure(f"after {timeout} s these objects of {rel} are still there: {', '.join(left)}")
+        raise RuntimeFailure(f"gave up after {timeout} s waiting for {deadline.what}; still there: {', '.join(left)}",
+                             hint=f"a longer --timeout waits longer; `kubectl -n {ns} get all -l app.kubernetes.io/instance={rel}`")
     sink.emit(data, lambda con: con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} "
                                                                           "(--purge-storage deletes it)" if kept else "")))
 

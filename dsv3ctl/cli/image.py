@@ -96,7 +96,7 @@ def resolve_branch(repo: str, ref: str, timeout_s: float = 60.0) -> str:
 def build(
     spec: SpecOpt = None,
     target: Annotated[str | None, typer.Option("--target", help="llmapi | engine (default: serving.mode).")] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="Image tag (default image.tag or <version>-<target>).")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="A tag (0.1.0-engine) or a full reference (registry.example.com/dsv3ctl:0.1.0-engine); default image.repository:image.tag, or <version>-<target> as the tag. deploy pulls image.repository:image.tag of the spec, not this.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image after building.")] = False,
     builder: Annotated[str | None, typer.Option("--builder", help="docker | podman | buildah (default image.builder: "
                                                                   "auto = docker buildx, else podman, else buildah).")] = None,
@@ -142,6 +142,14 @@ def build(
             sys.stderr.write(f"image.trtllm_commit={s.image.trtllm_commit} resolved to {resolved}\n")
     plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=ctx,
                           vcs_ref=_vcs_ref(Path(ctx)), trtllm_commit=resolved)
+    from dsv3ctl.render.values import image_tag
+
+    pulled = f"{s.image.repository}:{image_tag(s)}"
+    if plan.image != pulled:
+        repo, _, t = plan.image.rpartition(":")
+        sys.stderr.write(f"note: deploy and slurm render use {pulled} (image.repository and image.tag of the spec, "
+                         f"serving.mode {s.serving.mode}), not {plan.image}; to run this image set image.repository: "
+                         f"{repo} and image.tag: {t} in the spec\n")
     if dry_run:
         def human(_con: object) -> None:
             for cmd in plan.commands:  # plain lines (no rich markup/wrapping): they are meant to be copied

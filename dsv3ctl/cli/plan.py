@@ -40,7 +40,8 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
 
         par = data["parallelism"]
         con.print(f"[bold]{data['model']}[/] {data['precision']} / {data['mode']} mode on {data['gpu']}: "
-                  f"world size {data['world_size']} = {par['nodes']} nodes x {par['gpus_per_node']} GPUs; "
+                  f"world size {data['world_size']} = {par['nodes']} node{'s' if par['nodes'] != 1 else ''} x "
+                  f"{par['gpus_per_node']} GPU{'s' if par['gpus_per_node'] != 1 else ''}; "
                   f"tp={par['tp']} pp={par['pp']} moe_tp={par['moe_tp']} moe_ep={par['moe_ep']}")
         pr = data["params"]
         con.print(f"parameters: main {pr['main'] / 1e9:.1f}B, MTP {pr['mtp'] / 1e9:.1f}B, activated "
@@ -53,6 +54,8 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
                 t.add_column(k, justify="right")
             t.add_row(*(f"{mem[k]:.2f}" for k in ("total", "weights", "activations", "kv_cache", "kv_pool", "free")))
             con.print(t)
+            con.print("  free = total - weights - activations - kv_cache (what max_batch_size x max_seq_len needs); "
+                      "kv_pool = what TensorRT-LLM gives the KV cache (kv_cache_free_gpu_mem_fraction of the rest)")
             kv = data["kv_cache"]
             con.print(f"KV cache: {kv['bytes_per_token']:,} B/token (MLA latent, all layers), "
                       f"{kv['bytes_per_token_per_gpu']:,} B/token per GPU; needs {kv['required_tokens']:,} tokens, "

@@ -33,7 +33,7 @@ def build(
     engine_mount: Annotated[str, typer.Option(
         "--engine-mount", help="Where the engines sit inside the pod (gpt_model_path).")] = DEFAULT_ENGINE_MOUNT,
     model_path: Annotated[str | None, typer.Option(
-        "--model-path", help="llmapi: checkpoint path inside the pod or HF id; default: the spec's model.repo.")] = None,
+        "--model-path", help="llmapi: checkpoint path inside the pod (or a Hugging Face id, downloaded at every pod start); default: the spec's launch.model_dir.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different existing repository.")] = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
@@ -74,10 +74,10 @@ def check(
     sink = Sink(output)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
+        for p in problems:  # problems first: a note may refer to one of them
+            con.print(p, markup=False)
         for n in notes:
             con.print(f"note: {n}", markup=False)
-        for p in problems:
-            con.print(p, markup=False)
         con.print(f"{'FAIL' if problems else 'ok'}: {len(problems)} problem(s) in {repo}")
 
     sink.emit({"repo": str(repo), "ok": not problems, "problems": problems, "notes": notes}, human)

@@ -16,7 +16,7 @@ def init(
     path: Annotated[Path, typer.Argument(help="Where to write the starter spec.")] = Path("dsv3.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented starter spec (the embedded default: the seed's FP8 example)."""
+    """Write a commented starter spec (the embedded default: the FP8 example of TensorRT-LLM's DeepSeek-V3 README (examples/deepseek_v3/README.md on the deepseek branch))."""
     from dsv3ctl.core.spec import default_spec_text
     from dsv3ctl.errors import SpecError
     from dsv3ctl.fsutil import atomic_write_text

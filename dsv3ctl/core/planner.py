@@ -9,7 +9,7 @@ Rules and their sources:
 - engine mode: pp = 1, because ``pp_layers`` gives each stage ``61 // pp`` layers and silently drops the
   rest (61 is prime); Hopper only, because the MLA kernel of the deepseek branch is SM90-only.
 - FP8 weights need SM >= 89 (FP8 tensor cores: Ada/Hopper and newer).
-- fp16 gets a warning: the seed uses BF16 (DeepSeek-V3 was trained in BF16/FP8, FP16 can overflow).
+- fp16 gets a warning: TensorRT-LLM's DeepSeek-V3 README (examples/deepseek_v3/README.md on the deepseek branch) uses BF16 (DeepSeek-V3 was trained in BF16/FP8, FP16 can overflow).
 - engine mode: ``image.trtllm_commit`` must be able to convert the precision (:func:`trtllm_pin_checks`,
   table ``dsv3ctl/data/trtllm_commits.json``), and the converter's split rules hold: every tp-split weight
   divides evenly, moe_tp divides moe_intermediate_size, no mixed moe_tp x moe_ep at 0321f71e, FP8 slices
@@ -54,10 +54,14 @@ ASSUMPTIONS = [
 
 @dataclass
 class Check:
+    """One rule's result. ``fixes``: for a failed check, the changes (dotted spec key -> value) that
+    :func:`make_plan` verified: with any one of them applied the whole plan passes."""
+
     name: str
     ok: bool
     message: str
     severity: str = "error"  # error | warning | info
+    fixes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -144,29 +148,6 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _nearest(value: int, allowed: list[int]) -> str:
-    """'8 or 16' for value 12 among the divisors of 128."""
-    below = [a for a in allowed if a < value]
-    above = [a for a in allowed if a > value]
-    opts = ([str(below[-1])] if below else []) + ([str(above[0])] if above else [])
-    return " or ".join(opts)
-
-
-def _world_size_fixes(tp: int, pp: int, nodes: int, gpus_per_node: int, heads: int) -> list[str]:
-    """Valid ways to make nodes x gpus_per_node = tp x pp: change tp (to a divisor of the heads), or the
-    node count / GPUs per node (at most 8 per node)."""
-    ws, tpp = nodes * gpus_per_node, tp * pp
-    fixes = []
-    if ws % pp == 0 and heads % (ws // pp) == 0:
-        fixes.append(f"tp={ws // pp}" + (f" with pp={pp}" if pp > 1 else ""))
-    if tpp % gpus_per_node == 0:
-        fixes.append(f"nodes={tpp // gpus_per_node}")
-    else:
-        g = next((g for g in range(min(8, tpp), 0, -1) if tpp % g == 0), 1)
-        fixes.append(f"nodes={tpp // g} with gpus_per_node={g}")
-    return fixes
-
-
 def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
     p, mode = spec.parallelism, spec.serving.mode
     gpu = GPUS[spec.hardware.gpu]
@@ -175,42 +156,40 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
     out.append(Check(
         "world_size", ws == tpp,
         f"world size nodes x gpus_per_node = {p.nodes} x {p.gpus_per_node} = {ws} equals tp x pp = {tpp}" if ws == tpp
-        else f"parallelism.tp={p.tp}, pp={p.pp}: tp x pp = {tpp} must equal nodes x gpus_per_node = {ws}; "
-             f"use {' or '.join(_world_size_fixes(p.tp, p.pp, p.nodes, p.gpus_per_node, m.heads))}",
+        else f"parallelism.tp={p.tp}, pp={p.pp}: tp x pp = {tpp} must equal nodes x gpus_per_node = {ws} "
+             f"({p.nodes} x {p.gpus_per_node})",
     ))
     heads_ok = m.heads % p.tp == 0
     out.append(Check(
         "tp_divides_heads", heads_ok,
         f"tp={p.tp} divides the {m.heads} attention heads" if heads_ok
-        else f"parallelism.tp={p.tp} does not divide the {m.heads} attention heads; use {_nearest(p.tp, _divisors(m.heads))}",
+        else f"parallelism.tp={p.tp} does not divide the {m.heads} attention heads (tp is one of "
+             f"{', '.join(map(str, _divisors(m.heads)))})",
     ))
     ep_tp_ok = p.tp % p.moe_ep == 0
     out.append(Check(
         "moe_ep_divides_tp", ep_tp_ok,
         f"moe_tp x moe_ep = {p.moe_tp} x {p.moe_ep} = tp" if ep_tp_ok
-        else f"parallelism.moe_ep={p.moe_ep} must divide tp={p.tp} (moe_tp x moe_ep = tp); "
-             f"use {_nearest(p.moe_ep, _divisors(p.tp))}",
+        else f"parallelism.moe_ep={p.moe_ep} must divide tp={p.tp} (moe_tp x moe_ep = tp)",
     ))
     ep_ok = m.experts % p.moe_ep == 0
     out.append(Check(
         "moe_ep_divides_experts", ep_ok,
         f"moe_ep={p.moe_ep} divides the {m.experts} routed experts" if ep_ok
-        else f"parallelism.moe_ep={p.moe_ep} does not divide the {m.experts} routed experts; "
-             f"use {_nearest(p.moe_ep, _divisors(m.experts))}",
+        else f"parallelism.moe_ep={p.moe_ep} does not divide the {m.experts} routed experts",
     ))
     if mode == "engine":
         out.append(Check(
             "engine_pp", p.pp == 1,
             "engine mode with pp=1" if p.pp == 1
             else f"parallelism.pp={p.pp}: engine mode needs pp=1, because TensorRT-LLM's layer splitter gives each "
-                 f"stage {m.layers} // pp layers and silently drops {m.layers % p.pp} of the {m.layers}; use pp=1 "
-                 f"with tp={p.tp * p.pp}, or serving.mode=llmapi",
+                 f"stage {m.layers} // pp layers and silently drops {m.layers % p.pp} of the {m.layers}",
         ))
         out.append(Check(
             "engine_hopper", gpu.sm == 90,
             f"{gpu.name} is Hopper (SM90), which the MLA kernel of the deepseek branch needs" if gpu.sm == 90
             else f"hardware.gpu={gpu.name} (SM{gpu.sm}): engine mode needs Hopper (SM90) for the deepseek branch's "
-                 "MLA kernel; use H100-80GB, H200 or H20, or serving.mode=llmapi",
+                 "MLA kernel",
         ))
         if spec.serving.mtp_layers:
             out.append(Check("engine_mtp", True, "serving.mtp_layers is ignored in engine mode (the converter "
@@ -223,38 +202,72 @@ def _layout_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         ok = gpu.sm >= 89
         out.append(Check(
             "fp8_sm", ok, f"FP8 weights on SM{gpu.sm}" if ok
-            else f"model.precision=fp8 needs SM >= 89 (FP8 tensor cores) but {gpu.name} is SM{gpu.sm}; "
-                 "use precision bf16 (cast with `dsv3ctl weights cast-bf16`) or an H100/H200",
+            else f"model.precision=fp8 needs SM >= 89 (FP8 tensor cores) but {gpu.name} is SM{gpu.sm} (bf16 "
+                 "weights come from `dsv3ctl weights cast-bf16`)",
         ))
     if prec == "fp16":
-        out.append(Check("fp16", True, "model.precision=fp16: the seed prefers bf16 (DeepSeek-V3 activations can "
+        out.append(Check("fp16", True, "model.precision=fp16: bf16 is what TensorRT-LLM's DeepSeek-V3 README uses (DeepSeek-V3 activations can "
                                        "overflow FP16); use bf16 unless you have measured fp16", "warning"))
     s = spec.serving
     if s.max_seq_len > m.max_position_embeddings:
         out.append(Check(
             "max_seq_len", False,
             f"serving.max_seq_len={s.max_seq_len} exceeds the model's context of {m.max_position_embeddings} tokens "
-            f"(max_position_embeddings in config.json, YaRN-extended); use max_seq_len={m.max_position_embeddings} "
-            "or less",
+            "(max_position_embeddings in config.json, YaRN-extended)",
         ))
     if not s.enable_chunked_context and s.max_num_tokens < s.max_input_len:
         out.append(Check(
             "max_num_tokens", False,
             f"serving.max_num_tokens={s.max_num_tokens} is smaller than max_input_len={s.max_input_len}, so a "
-            f"full prompt cannot run in one step; use max_num_tokens={s.max_input_len} or enable_chunked_context",
+            "full prompt cannot run in one step",
         ))
     return out
 
 
+_WEIGHTS: dict[tuple[Any, ...], tuple[DeepSeekV3Config, tuple[int, int]]] = {}
+
+
 def _weights_per_gpu(spec: Spec, m: DeepSeekV3Config) -> tuple[int, int]:
-    """(bytes on the most loaded GPU, layers on it)."""
+    """(bytes on the most loaded GPU, layers on it); memoized per model and sharding (the fix search of
+    :func:`make_plan` re-plans many layouts of one model)."""
     p, s = spec.parallelism, spec.serving
-    tp = max(1, p.tp)
-    attn_dp = s.mode == "llmapi" and s.enable_attention_dp
-    with_mtp = s.mode == "llmapi" and s.mtp_layers > 0
-    precision = spec.model.precision
+    key = (id(m), spec.model.precision, max(1, p.tp), max(1, p.pp), s.mode == "llmapi" and s.enable_attention_dp,
+           s.mode == "llmapi" and s.mtp_layers > 0)
+    hit = _WEIGHTS.get(key)
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    out = _weights_uncached(m, *key[1:])
+    _WEIGHTS[key] = (m, out)
+    return out
+
+
+_GROUPS: dict[tuple[Any, ...], tuple[DeepSeekV3Config, dict[tuple[int | None, str, int], int]]] = {}
+
+
+def _tensor_groups(m: DeepSeekV3Config, precision: str, with_mtp: bool) -> dict[tuple[int | None, str, int], int]:
+    """How many checkpoint tensors there are of each (layer, kind, bytes); a scale counts as the kind of
+    the weight it scales. The same sums as walking every tensor, computed once per model and dtype."""
+    key = (id(m), precision, with_mtp)
+    hit = _GROUPS.get(key)
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    groups: dict[tuple[int | None, str, int], int] = {}
+    weight_kind: dict[str, str] = {}
+    for t in m.tensors(precision, include_mtp=with_mtp):
+        if t.kind == "scale":
+            kind = weight_kind.get(t.name.removesuffix("_scale_inv"), "attn_replicated")
+        else:
+            kind = t.kind
+            weight_kind[t.name] = kind
+        g = (t.layer, kind, t.nbytes)
+        groups[g] = groups.get(g, 0) + 1
+    _GROUPS[key] = (m, groups)
+    return groups
+
+
+def _weights_uncached(m: DeepSeekV3Config, precision: str, tp: int, pp: int, attn_dp: bool,
+                      with_mtp: bool) -> tuple[int, int]:
     n_layers = m.layers
-    pp = max(1, p.pp)
     # stage boundaries: the first stages take one more layer when uneven
     per_stage = [n_layers // pp + (1 if i < n_layers % pp else 0) for i in range(pp)]
     bounds, start = [], 0
@@ -270,20 +283,14 @@ def _weights_per_gpu(spec: Spec, m: DeepSeekV3Config) -> tuple[int, int]:
         return 1
 
     stage_bytes = [0] * pp
-    weight_kind: dict[str, str] = {}
-    for t in m.tensors(precision, include_mtp=with_mtp):
-        if t.kind == "scale":
-            kind = weight_kind.get(t.name.removesuffix("_scale_inv"), "attn_replicated")
-        else:
-            kind = t.kind
-            weight_kind[t.name] = kind
-        if t.layer is None:
+    for (layer, kind, nbytes), count in _tensor_groups(m, precision, with_mtp).items():
+        if layer is None:
             stage = 0 if kind == "embed" else pp - 1
-        elif t.layer >= m.layers:
+        elif layer >= m.layers:
             stage = pp - 1
         else:
-            stage = next(i for i, (a, b) in enumerate(bounds) if a <= t.layer < b)
-        stage_bytes[stage] += -(-t.nbytes // shard(kind))
+            stage = next(i for i, (a, b) in enumerate(bounds) if a <= layer < b)
+        stage_bytes[stage] += count * -(-nbytes // shard(kind))
     worst = max(range(pp), key=lambda i: stage_bytes[i])
     return stage_bytes[worst], per_stage[worst] + (m.mtp_layers if with_mtp and worst == pp - 1 else 0)
 
@@ -299,10 +306,28 @@ def _activation_bytes(spec: Spec, m: DeepSeekV3Config) -> int:
     return RUNTIME_OVERHEAD_BYTES + act + moe + attn + logits
 
 
-def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
+def make_plan(spec: Spec, model: DeepSeekV3Config | None = None, *, suggest: bool = True) -> Plan:
     """Check the layout and size memory. Never raises for a bad layout: failed checks are in
-    ``plan.checks`` (use :func:`require_valid` to turn them into a SpecError)."""
-    m = model or DeepSeekV3Config.default()
+    ``plan.checks`` (use :func:`require_valid` to turn them into a SpecError). With ``suggest`` every
+    failed check gets the fixes (:attr:`Check.fixes`) with which the whole plan passes, verified by
+    planning them, and its message names them ("use ..."); without, messages state the rule only."""
+    m = model or _default_model()
+    plan = _plan(spec, m)
+    if suggest and not plan.ok:
+        _attach_fixes(plan, m)
+    return plan
+
+
+_MODEL: list[DeepSeekV3Config] = []
+
+
+def _default_model() -> DeepSeekV3Config:
+    if not _MODEL:
+        _MODEL.append(DeepSeekV3Config.default())
+    return _MODEL[0]
+
+
+def _plan(spec: Spec, m: DeepSeekV3Config) -> Plan:
     p, s = spec.parallelism, spec.serving
     gpu = GPUS[spec.hardware.gpu]
     plan = Plan(spec=spec, model=m, world_size=p.world_size, gpu_bytes=gpu.memory_bytes)
@@ -329,8 +354,7 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
         plan.checks.append(Check(
             "memory_weights", False,
             f"weights {g(plan.weights_bytes)} + activations {g(plan.activation_bytes)} per GPU exceed the "
-            f"{g(plan.gpu_bytes)} of a {gpu.name}; use more GPUs (about {need}x the tp: "
-            f"tp={p.tp * need} over nodes={p.nodes * need}), a larger GPU (H200), or fp8 weights",
+            f"{g(plan.gpu_bytes)} of a {gpu.name} (about {need}x the GPUs would hold them)",
         ))
         return plan
     plan.checks.append(Check(
@@ -347,18 +371,12 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     else:
         per_seq = s.max_beam_width * s.max_seq_len
         best_batch = capacity // per_seq
-        best_seq = capacity // max(1, s.max_batch_size * s.max_beam_width)
+        best_seq = min(capacity // max(1, s.max_batch_size * s.max_beam_width), m.max_position_embeddings)
         plan.suggestion = {"max_batch_size": best_batch, "max_seq_len": best_seq}
-        alt = []
-        if best_batch >= 1:
-            alt.append(f"max_batch_size={best_batch} (with max_seq_len={s.max_seq_len})")
-        if best_seq > s.max_input_len:
-            alt.append(f"max_seq_len={best_seq} (with max_batch_size={s.max_batch_size})")
         plan.checks.append(Check(
             "memory_kv_cache", False,
             f"serving.max_batch_size={s.max_batch_size} x max_seq_len={s.max_seq_len} needs {required_tokens} KV "
-            f"tokens ({g(plan.kv_required_bytes)} per GPU) but the pool holds {capacity}; use "
-            + (" or ".join(alt) if alt else "more GPUs"),
+            f"tokens ({g(plan.kv_required_bytes)} per GPU) but the pool holds {capacity}",
         ))
     return plan
 
@@ -478,7 +496,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
       warning in llmapi mode (the PyTorch backend's loader was not read).
     - ``mla_ranks``: q_lora_rank and kv_lora_rank are not split (q_a_proj / kv_a_proj_with_mqa are
       replicated: fused_a, convert.py:141-174 and 255), so they impose no rule; reported for completeness.
-    - ``mla_chunked_context``: on Hopper, chunked context is not supported for MLA (TensorRT-LLM issue #3486;
+    - ``mla_chunked_context``: on Hopper, chunked context is not supported for MLA (NVIDIA/TensorRT-LLM#3486;
       "Not supported: MLA chunked context support on Hopper" in docs/source/blogs/
       Best_perf_practice_on_DeepSeek-R1_in_TensorRT-LLM.md, replaced by PR #6929 in 2025-08), so
       max_num_tokens must cover max_input_len even with enable_chunked_context: an error in engine mode, a
@@ -558,7 +576,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         out.append(Check(
             "mla_chunked_context", not strict,
             f"serving.max_num_tokens={s.max_num_tokens} < max_input_len={s.max_input_len} relies on chunked context, "
-            f"which MLA does not support on Hopper ({gpu.name}; TensorRT-LLM issue #3486); use "
+            f"which MLA does not support on Hopper ({gpu.name}; NVIDIA/TensorRT-LLM#3486); use "
             f"max_num_tokens={s.max_input_len}",
             "error" if strict else "warning"))
     return out
@@ -583,3 +601,148 @@ def require_valid(plan: Plan) -> Plan:
     if not plan.ok:
         raise SpecError("\n".join(c.message for c in plan.errors))
     return plan
+
+
+# ------------------------------------------------------------------------------------------ fixes
+# Every fix a failed check suggests is verified: applied to the spec, the whole plan passes. Candidates come
+# from the failed rule (:func:`_candidates`); a candidate that leaves other checks failing is completed with
+# a candidate of the next failing check (up to _DEPTH changes deep), and kept only when the plan then passes.
+
+Fix = dict[str, Any]
+_DEPTH = 2
+_PER_CHECK = 2  # fixes named per failed check
+_TRIES = 16  # candidates tried per failed check
+
+
+def apply_fix(spec: Spec, fix: Fix) -> Spec:
+    """``spec`` with the dotted keys of ``fix`` set (``{"parallelism.tp": 16}``), validated again;
+    pydantic's ValidationError when the result is not a valid spec. Keeps the spec's source file."""
+    data = spec.model_dump()
+    for dotted, value in fix.items():
+        cur = data
+        *path, last = dotted.split(".")
+        for k in path:
+            cur = cur[k]
+        cur[last] = value
+    new = Spec.model_validate(data)
+    new._source = spec._source
+    return new
+
+
+def fix_text(fix: Fix) -> str:
+    """``parallelism.tp=16 with parallelism.nodes=2``."""
+    return " with ".join(f"{k}={v}" for k, v in fix.items())
+
+
+def _layouts(spec: Spec, m: DeepSeekV3Config, *, grow: bool = False) -> list[Fix]:
+    """Valid parallel layouts near the spec's (world size = tp x pp, tp divides the heads, moe_ep divides tp
+    and the experts, pp = 1 in engine mode), nearest first: same GPUs per node, closest world size, fewest
+    changed keys. ``grow``: only layouts with more GPUs than the spec's."""
+    import math
+
+    p, engine = spec.parallelism, spec.serving.mode == "engine"
+    found: list[tuple[tuple[float, ...], Fix]] = []
+    for gpn in dict.fromkeys((p.gpus_per_node, 8, 4, 2, 1)):
+        for nodes in range(1, 65):
+            ws = nodes * gpn
+            if grow and ws <= p.world_size:
+                continue
+            for pp in dict.fromkeys((1,) if engine else (p.pp, 1)):
+                if ws % pp or m.heads % (ws // pp):
+                    continue
+                tp = ws // pp
+                eps = [d for d in _divisors(tp) if m.experts % d == 0]
+                ep = p.moe_ep if p.moe_ep in eps else max(d for d in eps if d <= p.moe_ep) if any(
+                    d <= p.moe_ep for d in eps) else 1
+                new = {"nodes": nodes, "gpus_per_node": gpn, "tp": tp, "pp": pp, "moe_ep": ep}
+                fix = {f"parallelism.{k}": v for k, v in new.items() if getattr(p, k) != v}
+                if fix:
+                    cost = (float(gpn != p.gpus_per_node), abs(math.log2(ws / p.world_size)), float(len(fix)), nodes)
+                    found.append((cost, fix))
+    found.sort(key=lambda x: x[0])
+    return [f for _, f in found]
+
+
+def _gpus(spec: Spec, *, more_memory: bool = False) -> list[Fix]:
+    """Other GPU models that the spec's mode and precision can use (Hopper for engine mode, SM >= 89 for
+    fp8), smallest memory first; ``more_memory``: only those larger than the spec's."""
+    cur = GPUS[spec.hardware.gpu]
+    ok = [g for g in GPUS.values() if g.name != cur.name
+          and (spec.serving.mode != "engine" or g.sm == 90)
+          and (spec.model.precision != "fp8" or g.sm >= 89)
+          and (not more_memory or g.memory_bytes > cur.memory_bytes)]
+    return [{"hardware.gpu": g.name} for g in sorted(ok, key=lambda g: g.memory_bytes)]
+
+
+def _candidates(spec: Spec, plan: Plan, check: Check, m: DeepSeekV3Config) -> list[Fix]:
+    """Changes that may make ``check`` pass, most specific first (verified by the caller)."""
+    p, s, name = spec.parallelism, spec.serving, check.name
+    if name == "moe_ep_divides_tp" or name == "moe_ep_divides_experts":
+        eps = sorted((d for d in _divisors(p.tp) if m.experts % d == 0), key=lambda d: (abs(d - p.moe_ep), d))
+        return [{"parallelism.moe_ep": d} for d in eps if d != p.moe_ep] + _layouts(spec, m)
+    if name in ("world_size", "tp_divides_heads"):
+        return _layouts(spec, m)
+    if name == "engine_pp":
+        return _layouts(spec, m) + [{"serving.mode": "llmapi"}]
+    if name == "engine_hopper":
+        return _gpus(spec) + [{"serving.mode": "llmapi"}]
+    if name == "fp8_sm":
+        return [{"model.precision": "bf16"}, *_gpus(spec)]
+    if name == "max_seq_len":
+        top = m.max_position_embeddings
+        return [{"serving.max_seq_len": top}, {"serving.max_seq_len": top, "serving.max_input_len": top // 2}]
+    if name == "max_num_tokens":
+        return [{"serving.max_num_tokens": s.max_input_len}, {"serving.enable_chunked_context": True}]
+    if name == "memory_weights":
+        fp8 = [{"model.precision": "fp8"}] if spec.model.precision != "fp8" and GPUS[spec.hardware.gpu].sm >= 89 else []
+        return fp8 + _gpus(spec, more_memory=True) + _layouts(spec, m, grow=True)
+    if name == "memory_kv_cache":
+        out: list[Fix] = []
+        if plan.suggestion.get("max_batch_size", 0) >= 1:
+            out.append({"serving.max_batch_size": plan.suggestion["max_batch_size"]})
+        if plan.suggestion.get("max_seq_len", 0) > s.max_input_len:
+            out.append({"serving.max_seq_len": plan.suggestion["max_seq_len"]})
+        return out + _gpus(spec, more_memory=True) + _layouts(spec, m, grow=True)
+    # a rule without its own candidates: nearby layouts, other GPUs, the other serving mode
+    return _layouts(spec, m) + _gpus(spec) + [{"serving.mode": "engine" if s.mode == "llmapi" else "llmapi"}]
+
+
+def _try(spec: Spec, fix: Fix, m: DeepSeekV3Config, depth: int) -> Fix | None:
+    """``fix``, or ``fix`` plus changes for what still fails, with which the whole plan of ``spec`` passes;
+    None when no such completion is found within ``depth`` more changes."""
+    from pydantic import ValidationError
+
+    try:
+        new = apply_fix(spec, fix)
+    except ValidationError:
+        return None
+    plan = _plan(new, m)
+    if plan.ok:
+        return fix
+    if depth == 0:
+        return None
+    first = plan.errors[0]
+    for extra in _candidates(new, plan, first, m)[:4]:
+        if set(extra) & set(fix):
+            continue  # would undo the fix itself
+        done = _try(spec, {**fix, **extra}, m, depth - 1)
+        if done is not None:
+            return done
+    return None
+
+
+def _attach_fixes(plan: Plan, m: DeepSeekV3Config) -> None:
+    """Give each failed check of ``plan`` up to _PER_CHECK verified fixes and name them in its message."""
+    spec = plan.spec
+    for c in plan.errors:
+        fixes: list[Fix] = []
+        for cand in _candidates(spec, plan, c, m)[:_TRIES]:
+            done = _try(spec, cand, m, _DEPTH)
+            if done is not None and done not in fixes:
+                fixes.append(done)
+                if len(fixes) == 2 * _PER_CHECK:
+                    break
+        fixes = sorted(fixes, key=len)[:_PER_CHECK]  # stable: nearest first among equally small changes
+        c.fixes = fixes
+        c.message += ("; use " + ", or ".join(map(fix_text, fixes)) if fixes
+                      else "; no change of up to three keys that passes every check was found")

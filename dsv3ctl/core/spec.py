@@ -2,7 +2,8 @@
 
 Load with :func:`load_spec`; it raises :class:`dsv3ctl.errors.SpecError` (exit code 2) whose message
 names each bad field, the rule and a valid alternative ("did you mean" for unknown keys).
-The embedded default (``dsv3ctl/data/dsv3.yaml``) is the seed's FP8 example: DeepSeek-V3, engine mode,
+The embedded default (``dsv3ctl/data/dsv3.yaml``) is the FP8 example of
+TensorRT-LLM's DeepSeek-V3 README (examples/deepseek_v3/README.md on the deepseek branch): DeepSeek-V3, engine mode,
 TP 16 over 2 nodes x 8 H100-80GB, max_batch_size 4, max_input_len 2048, max_seq_len 4096.
 
 Only field-local rules live here (types, ranges, enums). Rules that need DeepSeek-V3's architecture
@@ -254,7 +255,7 @@ class LaunchSpec(_Strict):
 
 
 class SlurmSpec(_Strict):
-    """The sbatch script of ``dsv3ctl slurm render`` (the seed's srun + container path)."""
+    """The sbatch script of ``dsv3ctl slurm render`` (srun + pyxis container path)."""
 
     job_name: str = Field("dsv3", pattern=r"^[A-Za-z0-9_.-]+$")
     partition: str = Field("", description="sbatch --partition; empty = the cluster default")
@@ -265,7 +266,7 @@ class SlurmSpec(_Strict):
     )
 
 
-# ------------------------------------------------------------------------------------------ deploy (issue 5)
+# ------------------------------------------------------------------------------------------ deploy -------
 # Kubernetes deployment (Helm chart helm/dsv3 on LeaderWorkerSet). Field names are the chart's value names:
 # the chart's values.yaml is this spec's model_dump and values.schema.json its JSON Schema (a test keeps
 # them equal), so spec and chart values cannot drift. Sizes are Kubernetes quantities ("64Gi", "32").
@@ -439,12 +440,19 @@ def _rephrase(e: Any) -> str:
     return msg
 
 
+#: keys that are not set but follow from others: (location) -> how
+DERIVED_KEYS = {("parallelism", "moe_tp"): "moe_tp is derived: tp / moe_ep; set parallelism.moe_ep (and tp) instead"}
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: ``<source>: <dotted.field>=<input>: <rule>[; did you mean ...]``."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden" and loc in DERIVED_KEYS:
+            lines.append(f"{source}: {dotted}: {DERIVED_KEYS[loc]}")
+            continue
         if e["type"] == "extra_forbidden":
             valid = _field_names(Spec, loc)
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
@@ -478,7 +486,7 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
 def load_spec(path: str | Path | None = None) -> Spec:
     """Load ``path`` (YAML), or the embedded default when ``path`` is None.
 
-    Raises SpecError (exit 2) when the file is missing, is not YAML or fails validation.
+    Raises SpecError (exit 2) when the file is missing, is empty, is not YAML or fails validation.
     """
     if path is None:
         return parse_spec(yaml.safe_load(default_spec_text()), "default spec")
@@ -492,6 +500,10 @@ def load_spec(path: str | Path | None = None) -> Spec:
             data = yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
+    if data is None:
+        raise SpecError(f"spec file {str(p)!r} is empty (no keys)", hint=f"write a starter spec with `dsv3ctl init "
+                                                                         f"{p} --force`, or leave out --spec for "
+                                                                         "the embedded default")
     spec = parse_spec(data, str(p))
     spec._source = str(p)
     return spec

@@ -13,6 +13,7 @@ Builders: ``docker buildx build`` (``--push`` pushes from the build, else ``--lo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dsv3ctl import __version__
@@ -54,10 +55,40 @@ def build_args(spec, vcs_ref: str = "", trtllm_commit: str = "") -> dict[str, st
     return args
 
 
+#: a tag of an image reference: distribution/reference ``regexp.go`` @ 00a09fa3, ``tag = `[\w][\w.-]{0,127}```
+#: (Go's ``\w`` is ASCII-only, hence re.ASCII); the reference is ``name(:tag)?(@digest)?``, a registry's
+#: ``host:port`` only before the first ``/``
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
+
+
+def split_ref(value: str) -> tuple[str | None, str | None]:
+    """``--tag`` as ``(repository, tag)``: a plain tag (``0.1.0-engine``) gives ``(None, tag)``; a full
+    reference (``registry.example.com/dsv3ctl:0.1.0-engine``, ``localhost:5000/dsv3``) gives its repository
+    and its tag (None when it has none). The tag is what follows the last ``:`` after the last ``/``
+    (distribution/reference grammar: a registry's ``host:port`` comes before the first ``/``).
+    SpecError (exit 2) when the tag part breaks the tag rule."""
+    repo: str | None = None
+    tag: str | None = value
+    if "/" in value:
+        head, _, last = value.rpartition("/")
+        name, sep, t = last.partition(":")
+        repo, tag = f"{head}/{name}", (t if sep else None)
+    elif ":" in value:
+        repo, _, tag = value.partition(":")
+    if tag is not None and not TAG_RE.match(tag):
+        raise SpecError(f"--tag {value!r}: the tag {tag!r} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}; pass a tag "
+                        "(0.1.0-engine) or a full reference (registry.example.com/dsv3ctl:0.1.0-engine)")
+    if repo is not None and (not repo or repo != repo.lower()):
+        raise SpecError(f"--tag {value!r}: the repository {repo!r} must be lowercase and not empty "
+                        "(e.g. registry.example.com/dsv3ctl)")
+    return repo, tag
+
+
 def image_ref(spec, target: str, tag: str | None = None) -> str:  # type: ignore[no-untyped-def]
-    """``<repository>:<tag>``; tag = ``--tag``, else ``image.tag``, else ``<version>-<target>``."""
-    t = tag or spec.image.tag or f"{__version__}-{target}"
-    return f"{spec.image.repository}:{t}"
+    """``<repository>:<tag>``; ``--tag`` may be a tag or a full reference (:func:`split_ref`); otherwise
+    repository = ``image.repository`` and tag = ``image.tag``, else ``<version>-<target>``."""
+    repo, t = split_ref(tag) if tag else (None, None)
+    return f"{repo or spec.image.repository}:{t or spec.image.tag or f'{__version__}-{target}'}"
 
 
 def build_commands(spec, *, builder: str, target: str, tag: str | None = None, push: bool = False,  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The sbatch script for the seed's Slurm path (pure): one job of ``parallelism.nodes`` nodes, one task per GPU,
+"""The sbatch script for the Slurm path (pure): one job of ``parallelism.nodes`` nodes, one task per GPU,
 ``srun --mpi=pmix`` with the container image (pyxis/enroot ``--container-image``/``--container-mounts``), and
 every task running ``dsv3ctl launch rank`` (which reads ``SLURM_PROCID`` and execs the server of that rank:
 tritonserver leader mode in engine mode, ``trtllm-llmapi-launch`` in llmapi mode).
@@ -17,6 +17,31 @@ from dsv3ctl.render.image import image_ref
 from dsv3ctl.render.launch import rank_config_from_spec
 
 
+def enroot_uri(ref: str) -> str:
+    """An image reference as pyxis' ``--container-image`` wants it: ``[REGISTRY#]IMAGE[:TAG]``.
+
+    pyxis (NVIDIA/pyxis ``pyxis_slurmstepd.c`` @ a35027cf, ``enroot_container_create``) imports any value not
+    starting with ``.`` or ``/`` as ``enroot import docker://<value>``; enroot (NVIDIA/enroot
+    ``src/docker.sh`` @ a9e277e4, ``docker::import``) parses ``docker://[USER@][REGISTRY#]IMAGE[:TAG]`` with
+    IMAGE ``[[:lower:][:digit:]/._-]+`` and, without ``REGISTRY#``, pulls from ``registry-1.docker.io``
+    (``docker::_download``). So ``ghcr.io/dsv3ctl/dsv3ctl:0.1.0`` becomes ``ghcr.io#dsv3ctl/dsv3ctl:0.1.0``.
+    A first path component is a registry when it has a ``.`` or a ``:``, is ``localhost`` or has an
+    uppercase letter (the Docker rule: distribution/reference ``normalize.go`` @ aeed5e66,
+    ``splitDockerDomain``). SpecError for a digest reference
+    (``@sha256:...``), which that enroot grammar does not accept."""
+    from dsv3ctl.errors import SpecError
+
+    if "@" in ref:
+        raise SpecError(f"image {ref!r}: enroot's docker:// import takes REGISTRY#IMAGE[:TAG], not a digest; "
+                        "use a tag (image.tag)")
+    if "#" in ref or ref.startswith((".", "/")):
+        return ref  # already enroot's form, or a squashfs file
+    first, sep, rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        return f"{first}#{rest}"
+    return ref
+
+
 def check_layout(spec) -> None:  # type: ignore[no-untyped-def]
     """SpecError (exit 2) listing every failed layout check of the planner (:func:`require_layout`)."""
     from dsv3ctl.core.planner import require_layout
@@ -25,11 +50,12 @@ def check_layout(spec) -> None:  # type: ignore[no-untyped-def]
 
 
 def render_sbatch(spec, image: str | None = None) -> str:  # type: ignore[no-untyped-def]
-    """The sbatch script text. ``image`` defaults to the spec's image for its serving mode. SpecError for a
-    layout the planner rejects (:func:`check_layout`)."""
+    """The sbatch script text. ``image`` defaults to the spec's image for its serving mode; it is written in
+    enroot's ``REGISTRY#IMAGE[:TAG]`` form (:func:`enroot_uri`). SpecError for a layout the planner rejects
+    (:func:`check_layout`)."""
     check_layout(spec)
     p, sl = spec.parallelism, spec.slurm
-    img = image or image_ref(spec, spec.serving.mode)
+    img = enroot_uri(image or image_ref(spec, spec.serving.mode))
     cfg = rank_config_from_spec(spec)
     rank_cmd = ["dsv3ctl", "launch", "rank", *cfg.to_args()]
     directives = [
