@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +64,56 @@ def test_infer_prints_completion(run_cli, server, proto, model, stream):
                 "--max-tokens", "6", "--temperature", "0.5", "--top-p", "0.9", "--stop", "zz", stream)
     assert r.code == 0, r.err
     assert r.out == canned(6) + "\n"
+
+
+@pytest.mark.parametrize("proto", PROTOCOLS)
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls", "tensorrt_llm"])
+def test_infer_sends_the_sampling_options_it_was_given(run_cli, server, proto, model):
+    """What the double received (after Triton's name/datatype/shape checks against the built config.pbtxt):
+    each option under the model's own input name with its value; nothing that was not asked for."""
+    server.behaviour.received.clear()
+    r = run_cli("infer", "--url", url(server, proto), "--protocol", proto, "--model", model, "--prompt", "hi there",
+                "--max-tokens", "3", "--temperature", "0.25", "--top-p", "0.75", "--top-k", "7", "--seed", "42",
+                "--stop", "User:", "--stop", "a, b", "--stream")
+    assert r.code == 0, r.err
+    [got] = server.behaviour.received
+    assert got["model"] == model
+    v = {k: [x.decode() if isinstance(x, bytes) else x for x in vals] for k, vals in got["inputs"].items()}
+    if model == "tensorrt_llm":
+        want = {"text_input": ["hi there"], "streaming": [True], "sampling_param_max_tokens": [3],
+                "sampling_param_temperature": [0.25], "sampling_param_top_p": [0.75], "sampling_param_top_k": [7],
+                "sampling_param_seed": [42], "sampling_param_stop": ["User:", "a, b"],
+                "sampling_param_exclude_input_from_output": [True]}
+    else:
+        want = {"text_input": ["hi there"], "stream": [True], "max_tokens": [3], "temperature": [0.25],
+                "top_p": [0.75], "top_k": [7], "random_seed": [42], "stop_words": ["User:", "a, b"],
+                "exclude_input_in_output": [True]}
+    assert v == want
+    if proto == "grpc":  # typed tensors: the declared datatypes, shapes with a batch of 1 for batched models
+        meta = got["meta"]
+        if model == "tensorrt_llm":
+            assert meta["sampling_param_temperature"] == ("FP32", [1]) and meta["sampling_param_stop"] == ("BYTES", [2])
+        else:
+            assert meta["temperature"] == ("FP32", [1, 1]) and meta["stop_words"] == ("BYTES", [1, 2])
+            assert meta["random_seed"] == ("UINT64", [1, 1])
+
+
+def test_double_refuses_what_triton_refuses():
+    """The double's input checks, driven directly: a wrong datatype, a wrong shape, an undeclared name and
+    a missing required input are each refused with Triton's wording."""
+    from tests.doubles.triton_server import RequestError, check_inputs
+
+    ok = {"text_input": ("BYTES", [1, 1]), "max_tokens": ("INT32", [1, 1])}
+    check_inputs("ensemble", ok)
+    for bad, words in [({**ok, "temperature": ("FP64", [1, 1])}, "data-type is 'FP64'"),
+                       ({**ok, "temperature": ("FP32", [1])}, "unexpected shape for input 'temperature'"),
+                       ({**ok, "max_tokens": ("INT32", [5, 1])}, "unexpected shape"),  # batch 5 > max_batch_size 4
+                       ({**ok, "temprature": ("FP32", [1, 1])}, "unexpected inference input 'temprature'"),
+                       ({"text_input": ("BYTES", [1, 1])}, "missing required input(s) ['max_tokens']")]:
+        with pytest.raises(RequestError, match=re.escape(words)):
+            check_inputs("ensemble", bad)
+    with pytest.raises(RequestError, match="expects 'BYTES'"):
+        check_inputs("tensorrt_llm", {"text_input": ("INT32", [1])})
 
 
 @pytest.mark.parametrize("proto", PROTOCOLS)

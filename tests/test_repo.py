@@ -446,8 +446,11 @@ def models(built):
         return pre.execute([request])[0]
 
     pb.MODELS["preprocessing"] = pre_handler
+    for name in ("preprocessing", "tensorrt_llm", "postprocessing"):  # the callees, from the built config.pbtxt
+        pb.register_config(json_format.MessageToDict(_cfg(built, name), preserving_proto_field_name=True))
     yield pre, post, bls, pb
     pb.MODELS.clear()
+    pb.CONFIGS.clear()
 
 
 def _bls(bls, pb, stream: bool):
