@@ -37,6 +37,13 @@ def _kubectl(tb, *args: str) -> str:
     return subprocess.run([str(tb.kubectl), *args], capture_output=True, text=True, check=True, env=tb.env).stdout
 
 
+def _uid(tb, pod: str) -> str:
+    """The pod's metadata.uid, or "" while no pod of that name exists."""
+    r = subprocess.run([str(tb.kubectl), "-n", NS, "get", "pod", pod, "--ignore-not-found", "-o",
+                        "jsonpath={.metadata.uid}"], capture_output=True, text=True, check=False, env=tb.env)
+    return r.stdout.strip()
+
+
 def _server_dry_run(tb, files) -> subprocess.CompletedProcess[str]:
     args = [str(tb.kubectl), "apply", "--server-side", "--dry-run=server", "-n", NS]
     for f in files:
@@ -91,18 +98,27 @@ def test_deploy_lifecycle(kenv, run_cli, write_spec, tmp_path):
     key_before = secret()
     assert "ssh-privatekey" in key_before
 
-    # a deleted worker: LWS recreates the group, status shows it Ready again
+    # a deleted worker: LWS recreates the whole group (RecreateGroupOnPodRestart: the pod controller deletes
+    # the leader when a worker is deleted, lws v0.9.0 pkg/controllers/pod_controller.go:204-265
+    # handleRestartPolicy), so the leader and the worker come back as new pods (new UIDs, same names)
+    uids = lambda: {p["name"]: _uid(kenv, p["name"]) for p in pods}  # noqa: E731
+    before = uids()
+    assert all(before.values()), before
     worker = pods[1]["name"]
     _kubectl(kenv, "-n", NS, "delete", "pod", worker, "--wait=false")
     deadline = time.monotonic() + 120
+    after: dict[str, str] = {}
     while time.monotonic() < deadline:
+        after = uids()
         r = run_cli("status", "-n", NS, "--release", rel, "--output", "json")
-        st2 = json.loads(r.out)
-        if r.code == 0 and st2["ready"]:
+        st2 = json.loads(r.out) if r.code == 0 else {"ready": False}
+        if st2["ready"] and all(after[n] and after[n] != before[n] for n in before):
             break
         time.sleep(2)
-    assert st2["ready"], st2
-    assert st2["groups"][0]["pods"][0]["name"] == pods[0]["name"]
+    else:
+        pytest.fail(f"group not recreated within 120 s: UIDs before {before}, now {after}, status {st2}")
+    assert [p["name"] for p in st2["groups"][0]["pods"]] == [p["name"] for p in pods]
+    pods = st2["groups"][0]["pods"]
 
     # upgrade with a changed value: the group is rolled (new template hash), the SSH key stays
     hash_before = _kubectl(kenv, "-n", NS, "get", "pod", pods[0]["name"], "-o",

@@ -62,30 +62,9 @@ def test_image_build_dry_run(run_cli, write_spec):
 def test_dockerignore_keeps_context_small():
     text = (ROOT / ".dockerignore").read_text()
     assert text.splitlines()[2] == "**" or "**\n" in text
-    for keep in ("!pyproject.toml", "!constraints.txt", "!dsv3ctl/", "!model_repo/"):
+    for keep in ("!pyproject.toml", "!setup.py", "!MANIFEST.in", "!constraints.txt", "!dsv3ctl/", "!helm/dsv3/",
+                 "!model_repo/"):
         assert keep in text
-
-
-@pytest.mark.slow
-def test_wheel_installs_in_clean_venv(tmp_path):
-    """What the Dockerfile does: ``pip wheel --no-deps`` then install with constraints.txt into a fresh venv
-    (packages from pip's cache / local wheels), then ``dsv3ctl launch --help``."""
-    if not (ROOT / "README.md").exists():
-        pytest.skip("README.md (pyproject's readme) is missing from the checkout; the wheel cannot build")
-    wheels = tmp_path / "wheels"
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
-                        str(wheels), str(ROOT)], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
-    whl = next(wheels.glob("dsv3ctl-*.whl"))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "constraints.txt"), str(whl)],
-                       capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([str(venv / "bin" / "dsv3ctl"), "launch", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "leader" in r.stdout and "worker" in r.stdout
-    assert shutil.which("dsv3ctl", path=str(venv / "bin"))
 
 
 def test_image_build_outside_the_checkout_uses_the_checkout(run_cli, tmp_path, monkeypatch):

@@ -81,3 +81,40 @@ def test_missing_keys_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     with pytest.raises(SpecError, match="kv_lora_rank"):
         DeepSeekV3Config.load(tmp_path / "config.json")
+
+
+def independent_v3_names(cfg: dict) -> set[str]:
+    """Every tensor name of a DeepSeek-V3-layout FP8 checkpoint, from config.json numbers alone (not from
+    ``DeepSeekV3Config.tensors()``): names as in deepseek-ai/DeepSeek-V3 ``inference/convert.py`` (its
+    ``mapping`` of q_a_proj, kv_a_proj_with_mqa, ..., e_score_correction_bias) and ``README_WEIGHTS.md`` (the
+    MTP layer 61: embed_tokens, enorm, hnorm, eh_proj, shared_head.norm/head); every FP8 linear weight
+    has a ``weight_scale_inv``. The real checkpoint's index could not be fetched here (no route to
+    huggingface.co), so this is the independent derivation the count is checked against."""
+    layers, dense = cfg["num_hidden_layers"], cfg["first_k_dense_replace"]
+    experts, mtp = cfg["n_routed_experts"], cfg.get("num_nextn_predict_layers", 0)
+    lin = lambda p: {f"{p}.weight", f"{p}.weight_scale_inv"}  # noqa: E731
+    names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    for i in range(layers + mtp):
+        p = f"model.layers.{i}"
+        names |= {f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight",
+                  f"{p}.self_attn.q_a_layernorm.weight", f"{p}.self_attn.kv_a_layernorm.weight"}
+        for w in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"):
+            names |= lin(f"{p}.self_attn.{w}")
+        mlps = [f"{p}.mlp"] if i < dense else [f"{p}.mlp.shared_experts"] + [f"{p}.mlp.experts.{e}" for e in range(experts)]
+        if i >= dense:
+            names |= {f"{p}.mlp.gate.weight", f"{p}.mlp.gate.e_score_correction_bias"}
+        for m in mlps:
+            for w in ("gate_proj", "up_proj", "down_proj"):
+                names |= lin(f"{m}.{w}")
+        if i >= layers:  # MTP module
+            names |= {f"{p}.embed_tokens.weight", f"{p}.enorm.weight", f"{p}.hnorm.weight", f"{p}.eh_proj.weight",
+                      f"{p}.shared_head.norm.weight", f"{p}.shared_head.head.weight"}
+    return names
+
+
+def test_91991_tensor_names_derived_independently(v3):
+    """Closed form: 3 dense layers x 20 + 58 MoE layers x 1,558 + 3 globals + the MTP layer's 1,558 + 6 =
+    91,991; and the same set of names as the model's generator."""
+    names = independent_v3_names(v3.raw)
+    assert len(names) == 3 * 20 + 58 * 1558 + 3 + 1558 + 6 == 91_991
+    assert {t.name for t in v3.tensors("fp8")} == names

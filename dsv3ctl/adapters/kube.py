@@ -126,9 +126,11 @@ class ApiUnreachable(RuntimeFailure):
 
 
 def fullname(release: str) -> str:
-    """The chart's object base name (``dsv3.fullname`` in _helpers.tpl)."""
+    """The chart's object base name, as ``dsv3.fullname`` in helm/dsv3/templates/_helpers.tpl computes it:
+    truncated to 40 characters, then sprig's ``trimSuffix "-"`` removes one trailing dash (not all of them).
+    tests/test_packaging.py checks the two agree for many release names."""
     name = release if "dsv3" in release else f"{release}-dsv3"
-    return name[:40].rstrip("-")
+    return name[:40].removesuffix("-")
 
 
 def selector(release: str) -> str:

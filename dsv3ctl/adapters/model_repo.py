@@ -27,12 +27,14 @@ SHARED_MODULE = "dsv3_text.py"
 
 
 def model_repo_source() -> Path:
-    """The project's ``model_repo/`` (Python models); ``DSV3CTL_MODEL_REPO_SRC`` overrides it."""
-    env = os.environ.get("DSV3CTL_MODEL_REPO_SRC")
-    p = Path(env) if env else Path(__file__).resolve().parents[2] / "model_repo"
+    """The project's ``model_repo/`` (Python models): ``DSV3CTL_MODEL_REPO_SRC``, else the copy in the
+    installed wheel, else the source checkout's (:func:`dsv3ctl.resources.model_repo_dir`)."""
+    from dsv3ctl.resources import model_repo_dir
+
+    p = model_repo_dir()
     if not (p / "lib" / SHARED_MODULE).is_file():
         raise RuntimeFailure(f"{p}: the dsv3ctl model_repo/ sources are missing",
-                             hint="run from a dsv3ctl checkout or set DSV3CTL_MODEL_REPO_SRC to its model_repo/")
+                             hint="reinstall dsv3ctl from its wheel (it carries model_repo/), or set DSV3CTL_MODEL_REPO_SRC to a checkout's model_repo/")
     return p
 
 

@@ -20,7 +20,7 @@ from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOp
 
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace; default: deploy.namespace of the spec.")]
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="Helm release name; default: deploy.release of the spec.")]
-ChartOpt = Annotated[Path | None, typer.Option("--chart", help="Chart directory; default: $DSV3CTL_CHART or helm/dsv3 of this checkout.")]
+ChartOpt = Annotated[Path | None, typer.Option("--chart", help="Chart directory; default: $DSV3CTL_CHART, else the chart shipped with dsv3ctl (helm/dsv3 of a checkout).")]
 #: ``logs`` keeps ``-f`` for ``--follow`` (as kubectl logs -f), so its ``--spec`` has no short form
 LogsSpecOpt = Annotated[Path | None, typer.Option(
     "--spec", help="Deployment spec (dsv3.yaml); default: the embedded default spec. (No -f here: -f is --follow.)",

@@ -15,7 +15,6 @@ Sources: LWS API v1 (sigs.k8s.io/lws v0.9.0 CRD), Helm chart conventions (helm.s
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,12 @@ _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "
 
 
 def chart_dir() -> Path:
-    """The chart directory: ``$DSV3CTL_CHART`` if set, else ``helm/dsv3`` of this source tree.
+    """The chart directory: ``$DSV3CTL_CHART`` if set, else the chart bundled in the installed wheel, else
+    ``helm/dsv3`` of the source checkout (:func:`dsv3ctl.resources.chart_dir`). The caller checks existence
+    (the CLI says how to point at the chart)."""
+    from dsv3ctl.resources import chart_dir as find
 
-    Raises RuntimeFailure-free: the caller checks existence (the CLI says how to point at the chart).
-    """
-    env = os.environ.get("DSV3CTL_CHART")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "helm" / CHART_NAME
+    return find()
 
 
 def quantity_bytes(q: str) -> float:

@@ -16,13 +16,13 @@ Facts used (sources):
 - Word-list layout expected by TensorRT-LLM's ``stop_words_list``/``bad_words_list``: INT32 ``[2, L]`` per
   request, row 0 the concatenated token ids of all words (padded with 0), row 1 the cumulative end offsets
   (padded with -1) (triton-inference-server/tensorrtllm_backend v0.19.0
-  ``all_models/inflight_batcher_llm/preprocessing/config.pbtxt``: ``STOP_WORDS_IDS:INT32[2,-1]``).
+  ``all_models/inflight_batcher_llm/preprocessing/config.pbtxt``: ``STOP_WORDS_IDS:INT32[2,-1]``; packing:
+  ``preprocessing/1/model.py:642-684``; read back by ``inflight_batcher_llm/src/utils.cc:416-445``).
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
 import json
 import os
 from typing import Any, Iterable, Sequence
@@ -133,20 +133,17 @@ class DeepSeekText:
 
     def word_list(self, words: Iterable[str]) -> np.ndarray:
         """Stop/bad words -> INT32 ``[2, L]`` (ids padded with 0, cumulative end offsets padded with -1).
-        An entry holding a comma is read as a CSV line of several words (tensorrtllm_backend's convention)."""
+        Each entry is one word, commas included, and words that encode to no token are skipped, as in
+        tensorrtllm_backend v0.19.0 ``all_models/inflight_batcher_llm/preprocessing/1/model.py:642-684``
+        (``_to_word_list_format``; the CSV splitting of v0.5.0 was dropped in v0.6.0)."""
         flat: list[int] = []
         offsets: list[int] = []
-        for entry in words:
-            if not entry:
+        for word in words:
+            ids = self.encode(word, add_special_tokens=False) if word else []
+            if not ids:
                 continue
-            # a CSV line only when it has a comma: "\n\n" or "\"" are single words
-            parts = next(csv.reader([entry]), []) if "," in entry else [entry]
-            for word in parts:
-                ids = self.encode(word, add_special_tokens=False)
-                if not ids:
-                    continue
-                flat.extend(ids)
-                offsets.append(len(flat))
+            flat.extend(ids)
+            offsets.append(len(flat))
         width = max(1, len(flat))
         out = np.zeros((2, width), dtype=np.int32)
         out[1, :] = -1

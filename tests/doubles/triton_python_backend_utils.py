@@ -6,7 +6,13 @@ stand-in. It mirrors the subset of the real module's API they use (Tensor, Infer
 get_output_config_by_name, triton_string_to_numpy, using_decoupled_model_transaction_policy,
 TRITONSERVER_RESPONSE_COMPLETE_FINAL, a thread-safe decoupled response sender, request cancellation through
 ``InferenceRequest.is_cancelled`` / ``cancel()``, ``TritonError`` codes, ``Logger``). BLS calls
-(``InferenceRequest.exec``) are routed to handlers registered in :data:`MODELS` by the test.
+(``InferenceRequest.exec``) are
+routed to handlers registered in :data:`MODELS` by the test, after the request's tensor names are checked
+against the callee's ``config.pbtxt`` registered in :data:`CONFIGS` (:func:`register_config`), as Triton
+checks a BLS request: every input declared, every non-optional input present, every requested output
+declared; the callee's response may only carry declared outputs. A call to a model without a registered
+config is refused (Triton would not find the model).
+
 """
 
 from __future__ import annotations
@@ -22,6 +28,48 @@ TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 
 #: model name -> handler(request, decoupled) returning one response or an iterable of responses
 MODELS: dict[str, Callable[[InferenceRequest, bool], Any]] = {}
+
+#: model name -> its ModelConfig as a dict (json_format.MessageToDict of the built config.pbtxt,
+#: preserving_proto_field_name=True): the names exec() checks against
+CONFIGS: dict[str, dict[str, Any]] = {}
+
+
+def register_config(config: dict[str, Any]) -> None:
+    """Declare a callee: ``config`` parsed from the ``config.pbtxt`` that ``dsv3ctl repo build`` wrote."""
+    CONFIGS[config["name"]] = config
+
+
+def check_request_names(request: InferenceRequest) -> None:
+    """Raise TritonModelException (Triton's error for a bad BLS request) when ``request`` does not fit the
+    callee's registered config: unknown model, undeclared input, missing non-optional input, or an
+    undeclared requested output."""
+    cfg = CONFIGS.get(request.model_name)
+    if cfg is None:
+        raise TritonModelException(f"Failed for execute the inference request. Model '{request.model_name}' "
+                                   "is not ready (no config registered with the test double).")
+    declared = {t["name"]: t for t in cfg.get("input", [])}
+    names = [t.name() for t in request.inputs()]
+    unknown = sorted(set(names) - set(declared))
+    if unknown:
+        raise TritonModelException(f"unexpected inference input(s) {unknown} for model '{request.model_name}'")
+    missing = sorted(n for n, t in declared.items() if not t.get("optional") and n not in names)
+    if missing:
+        raise TritonModelException(f"missing required input(s) {missing} for model '{request.model_name}'")
+    outputs = {t["name"] for t in cfg.get("output", [])}
+    bad = sorted(set(request.requested_output_names) - outputs)
+    if bad:
+        raise TritonModelException(f"unexpected requested output(s) {bad} for model '{request.model_name}'")
+
+
+def check_response_names(model_name: str, response: Any) -> None:
+    """Raise TritonModelException when a callee's response carries an output its config does not declare."""
+    if not isinstance(response, InferenceResponse):
+        return
+    outputs = {t["name"] for t in CONFIGS[model_name].get("output", [])}
+    bad = sorted({t.name() for t in response.output_tensors()} - outputs)
+    if bad:
+        raise TritonModelException(f"model '{model_name}' returned undeclared output(s) {bad}")
+
 
 _NP = {"TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_UINT64": np.uint64,
        "TYPE_FP16": np.float16, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "TYPE_UINT8": np.uint8}
@@ -154,7 +202,10 @@ class InferenceRequest:
         self._cancelled.set()
 
     def exec(self, decoupled: bool = False) -> Any:
+        check_request_names(self)
         result = MODELS[self.model_name](self, decoupled)
+        for r in result if isinstance(result, list) else [result]:
+            check_response_names(self.model_name, r)
         if decoupled:
             return iter(result if isinstance(result, list) else [result])
         return result[-1] if isinstance(result, list) else result

@@ -10,9 +10,11 @@ dsv3ctl's clients to be exercised end to end:
   ``/v2/models/<m>/ready``, ``/v2/models/<m>/stats``, ``POST /v2/models/<m>/generate`` and
   ``generate_stream`` (server-sent events, ``data: {"error": ...}`` on failure).
 
-Models: ``ensemble`` and ``tensorrt_llm_bls`` (inputs ``text_input``, ``max_tokens``, ``stream``, ...),
-``tensorrt_llm`` (llmapi: ``text_input``, ``streaming``, ``sampling_param_*``). Unknown input names are
-rejected the way Triton does, so request builders are checked against the real tensor names.
+Models: ``ensemble`` and ``tensorrt_llm_bls`` (engine mode) and ``tensorrt_llm`` (llmapi mode), with the
+inputs declared in the ``config.pbtxt`` that ``dsv3ctl repo build`` writes (:func:`declared_models`). A
+request is checked the way Triton checks it (:func:`check_inputs`: names, datatypes, shapes with the batch
+dimension, required inputs) and, once accepted, recorded in ``Behaviour.received`` with its decoded values,
+so tests assert what the client really sent.
 
 Generated "tokens" are canned words; behaviour is injected:
 - delays: ``ttft_s`` before the first token, ``itl_s`` between tokens (seconds);
@@ -42,21 +44,45 @@ UTF8_TEXT = "héllo wörld — 世界 🙂"
 FAIL_RE = re.compile(r"FAIL@(\d+)")
 TAG_RE = re.compile(r"TAG=(\S+)")
 
-_BATCHED = {"text_input": "BYTES", "max_tokens": "INT32", "stream": "BOOL", "exclude_input_in_output": "BOOL",
-            "temperature": "FP32", "top_p": "FP32", "top_k": "INT32", "random_seed": "UINT64",
-            "stop_words": "BYTES", "bad_words": "BYTES", "min_length": "INT32", "end_id": "INT32",
-            "pad_id": "INT32", "beam_width": "INT32", "return_log_probs": "BOOL"}
-_LLMAPI = {"text_input": "BYTES", "streaming": "BOOL", "sampling_param_max_tokens": "INT32",
-           "sampling_param_temperature": "FP32", "sampling_param_top_p": "FP32", "sampling_param_top_k": "INT32",
-           "sampling_param_seed": "UINT64", "sampling_param_stop": "BYTES",
-           "sampling_param_exclude_input_from_output": "BOOL", "return_finish_reason": "BOOL"}
+#: Triton ModelConfig data_type -> the v2 protocol's datatype name
+_V2 = {"TYPE_STRING": "BYTES", "TYPE_BOOL": "BOOL", "TYPE_INT32": "INT32", "TYPE_INT64": "INT64",
+       "TYPE_UINT64": "UINT64", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64"}
+
+
+def declared_models() -> dict[str, dict[str, Any]]:
+    """The served models' declared inputs, read from the ``config.pbtxt`` text that ``dsv3ctl repo build``
+    writes (the repo renderer for the default spec: ``ensemble`` and ``tensorrt_llm_bls`` of engine mode
+    over the engine skeleton's config.json, ``tensorrt_llm`` of llmapi mode), parsed back with protobuf's
+    text format: per model ``max_batch_size`` and ``inputs`` = {name: (v2 datatype, dims, optional)}."""
+    import json as _json
+
+    from google.protobuf import json_format
+
+    from dsv3ctl.core.spec import parse_spec
+    from dsv3ctl.render import engine_skeleton
+    from dsv3ctl.render import model_repo as R
+
+    spec = parse_spec({})
+    info = R.EngineInfo.from_config(_json.loads(engine_skeleton.files(spec)["config.json"]))
+    texts = {n: R.to_pbtxt(c) for n, c in R.engine_configs(spec, info).items() if n in ("ensemble", "tensorrt_llm_bls")}
+    texts["tensorrt_llm"] = R.llmapi_files(spec, "/models/hf")[f"{R.LLMAPI_MODEL}/config.pbtxt"]
+    out = {}
+    for name, text in texts.items():
+        cfg = json_format.MessageToDict(R.parse_pbtxt(text), preserving_proto_field_name=True)
+        out[name] = {"max_batch_size": int(cfg.get("max_batch_size", 0)),
+                     "inputs": {t["name"]: (_V2[t["data_type"]], [int(d) for d in t["dims"]], bool(t.get("optional")))
+                                for t in cfg["input"]}}
+    return out
+
+
+_DECLARED = declared_models()
 MODELS: dict[str, dict[str, Any]] = {
-    "ensemble": {"platform": "ensemble", "inputs": _BATCHED, "required": ("text_input", "max_tokens"),
-                 "stream_key": "stream", "max_key": "max_tokens"},
-    "tensorrt_llm_bls": {"platform": "python", "inputs": _BATCHED, "required": ("text_input", "max_tokens"),
-                         "stream_key": "stream", "max_key": "max_tokens"},
-    "tensorrt_llm": {"platform": "python", "inputs": _LLMAPI, "required": ("text_input",),
-                     "stream_key": "streaming", "max_key": "sampling_param_max_tokens"},
+    "ensemble": {"platform": "ensemble", "required": ("text_input",), "stream_key": "stream",
+                 "max_key": "max_tokens", **_DECLARED["ensemble"]},
+    "tensorrt_llm_bls": {"platform": "python", "required": ("text_input",), "stream_key": "stream",
+                         "max_key": "max_tokens", **_DECLARED["tensorrt_llm_bls"]},
+    "tensorrt_llm": {"platform": "python", "required": ("text_input",), "stream_key": "streaming",
+                     "max_key": "sampling_param_max_tokens", **_DECLARED["tensorrt_llm"]},
 }
 
 
@@ -92,6 +118,8 @@ class Behaviour:
     #: server-side clock (``time.perf_counter()``) per prompt: [request received, response 1 sent, ...]
     timeline: dict[str, list[float]] = field(default_factory=dict)
     stats: dict[str, Stats] = field(default_factory=lambda: {m: Stats() for m in MODELS})
+    #: every request that passed the input checks, in arrival order: {"model", "inputs", "meta"}
+    received: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def mark(self, prompt: str, start: bool = False) -> None:
@@ -114,19 +142,47 @@ class Behaviour:
             s.last_ms = int(time.time() * 1000)
 
 
-def make_plan(model: str, values: dict[str, list[Any]]) -> Plan:
-    """Validate inputs like Triton would and decide what to stream (raises RequestError)."""
+def check_inputs(model: str, inputs: dict[str, tuple[str | None, list[int] | None]]) -> None:
+    """Triton's checks of a request against the model's config (raises RequestError with Triton's wording):
+    every input declared; datatype equal to the declared one; shape = [batch] + dims when
+    ``max_batch_size`` > 0 (batch 1..max_batch_size), else dims, with -1 matching any size; every
+    non-optional input present (plus ``text_input``, which the double needs). ``None`` datatype or shape:
+    not carried by the transport (HTTP generate), not checked."""
     if model not in MODELS:
         raise RequestError(f"Request for unknown model: '{model}' is not found")
     m = MODELS[model]
-    for name in values:
+    for name, (dtype, shape) in inputs.items():
         if name not in m["inputs"]:
             raise RequestError(f"[request id: <id_unknown>] unexpected inference input '{name}' for model '{model}'")
-    for name in m["required"]:
-        if name not in values:
-            raise RequestError(f"[request id: <id_unknown>] expected {len(m['required'])} inputs but got "
-                               f"{len([n for n in m['required'] if n in values])} inputs for model '{model}'. "
-                               f"Got input(s) {sorted(values)}, but missing required input(s) ['{name}']")
+        want, dims, _ = m["inputs"][name]
+        if dtype is not None and dtype != want:
+            raise RequestError(f"[request id: <id_unknown>] inference input '{name}' data-type is '{dtype}', but "
+                               f"model '{model}' expects '{want}'")
+        if shape is not None:
+            full = ([-1] + dims) if m["max_batch_size"] > 0 else dims
+            batch_ok = m["max_batch_size"] == 0 or (shape and 1 <= shape[0] <= m["max_batch_size"])
+            if len(shape) != len(full) or not batch_ok or any(f != -1 and f != g for f, g in zip(full, shape, strict=True)):
+                raise RequestError(f"[request id: <id_unknown>] unexpected shape for input '{name}' for model "
+                                   f"'{model}'. Expected {full}, got {shape}")
+    need = {n for n, (_, _, opt) in m["inputs"].items() if not opt} | set(m["required"])
+    missing = sorted(need - set(inputs))
+    if missing:
+        raise RequestError(f"[request id: <id_unknown>] expected {len(need)} inputs but got "
+                           f"{len(need) - len(missing)} inputs for model '{model}'. Got input(s) {sorted(inputs)}, "
+                           f"but missing required input(s) {missing}")
+
+
+def make_plan(model: str, values: dict[str, list[Any]],
+              meta: dict[str, tuple[str | None, list[int] | None]] | None = None,
+              received: list[dict[str, Any]] | None = None) -> Plan:
+    """Validate inputs like Triton would (:func:`check_inputs`; ``meta`` = {name: (datatype, shape)}),
+    append ``{"model", "inputs": {name: values}, "meta"}`` to ``received``, and decide what to stream
+    (raises RequestError)."""
+    meta = meta if meta is not None else {n: (None, None) for n in values}
+    check_inputs(model, meta)
+    m = MODELS[model]
+    if received is not None:
+        received.append({"model": model, "inputs": dict(values), "meta": dict(meta)})
     raw = values["text_input"][0]
     prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     max_tokens = int(values.get(m["max_key"], [16])[0])
@@ -179,6 +235,10 @@ def _grpc_values(req: Any) -> dict[str, list[Any]]:
             vals[inp.name] = list(c.bytes_contents or c.int_contents or c.fp32_contents or c.bool_contents
                                   or c.uint64_contents)
     return vals
+
+
+def _grpc_meta(req: Any) -> dict[str, tuple[str | None, list[int] | None]]:
+    return {inp.name: (inp.datatype, [int(d) for d in inp.shape]) for inp in req.inputs}
 
 
 def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
@@ -235,7 +295,7 @@ def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
 
             t0 = time.perf_counter_ns()
             try:
-                plan = make_plan(request.model_name, _grpc_values(request))
+                plan = make_plan(request.model_name, _grpc_values(request), _grpc_meta(request), b.received)
             except RequestError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             await asyncio.sleep(b.ttft_s + b.itl_s * max(0, len(plan.chunks) - 1))
@@ -254,7 +314,7 @@ def _servicer(b: Behaviour):  # type: ignore[no-untyped-def]
                 want_final = req.parameters["triton_enable_empty_final_response"].bool_param \
                     if "triton_enable_empty_final_response" in req.parameters else False
                 try:
-                    plan = make_plan(req.model_name, _grpc_values(req))
+                    plan = make_plan(req.model_name, _grpc_values(req), _grpc_meta(req), b.received)
                 except RequestError as e:
                     await q.put(pb.ModelStreamInferResponse(error_message=str(e), infer_response=response(req, None, None)))
                     return
@@ -319,10 +379,34 @@ def server_metadata() -> dict[str, Any]:
 
 def model_metadata(model: str) -> dict[str, Any]:
     m = MODELS[model]
-    batched = model != "tensorrt_llm"
+    batched = m["max_batch_size"] > 0
     return {"name": model, "versions": ["1"], "platform": m["platform"],
-            "inputs": [{"name": n, "datatype": d, "shape": [-1, 1] if batched else [1]} for n, d in m["inputs"].items()],
+            "inputs": [{"name": n, "datatype": d, "shape": ([-1] + dims) if batched else dims}
+                       for n, (d, dims, _) in m["inputs"].items()],
             "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1, -1] if batched else [-1]}]}
+
+
+_JSON_OK = {"BYTES": (str,), "BOOL": (bool,), "INT32": (int,), "INT64": (int,), "UINT64": (int,),
+            "FP32": (int, float), "FP64": (int, float)}
+
+
+def _http_meta(model: str, obj: dict[str, Any]) -> dict[str, tuple[str | None, list[int] | None]]:
+    """HTTP generate carries JSON values, not typed tensors: each value (or list element) must be a JSON
+    type that converts to the declared datatype (a bool is not a number), and only [-1] dims take a list;
+    the shape check is left to :func:`check_inputs` with shape None."""
+    meta: dict[str, tuple[str | None, list[int] | None]] = {}
+    decl = MODELS[model]["inputs"] if model in MODELS else {}
+    for name, v in obj.items():
+        if name in decl:
+            want, dims, _ = decl[name]
+            items = v if isinstance(v, list) else [v]
+            if isinstance(v, list) and dims != [-1]:
+                raise RequestError(f"input '{name}' for model '{model}': a list for dims {dims}")
+            for x in items:
+                if not isinstance(x, _JSON_OK[want]) or (want != "BOOL" and isinstance(x, bool)):
+                    raise RequestError(f"input '{name}' for model '{model}': JSON value {x!r} is not {want}")
+        meta[name] = (None, None)
+    return meta
 
 
 def model_stats(b: Behaviour, model: str | None) -> dict[str, Any]:
@@ -393,7 +477,7 @@ def _handler(b: Behaviour):  # type: ignore[no-untyped-def]
             try:
                 obj = json.loads(body)
                 vals = {k: (v if isinstance(v, list) else [v]) for k, v in obj.items()}
-                plan = make_plan(model, vals)
+                plan = make_plan(model, vals, _http_meta(model, obj), b.received)
             except (ValueError, RequestError) as e:
                 return self._json(400, {"error": str(e)})
             if not streaming:
