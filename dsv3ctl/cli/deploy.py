@@ -105,9 +105,14 @@ def deploy(
     grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
+    stop_for_prepare: Annotated[bool, typer.Option(
+        "--stop-for-prepare", help="Engine mode upgrade with no spare GPUs: scale the running group to 0 so the prepare "
+                                   "Job can build (no serving until the new group is Ready).")] = False,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Preflight through the API, `helm upgrade --install` with the spec's values, then watch until Ready.
+    """Preflight through the API, the prepare Job (deploy.prepare.enabled), `helm upgrade --install` with the spec's values, then watch until Ready.
+
+    Prepare: an ordinary Job created before the group is installed or upgraded, watched until it succeeds (deadline deploy.prepare.timeout_s); see `dsv3ctl prepare`.
 
     Preflight: the LWS CRD is installed; enough schedulable nodes have gpus_per_node allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label, and that many GPUs still free (not requested by running pods of other releases); the namespace, the token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed (--skip-preflight deploys anyway). An API server that does not answer exits 1.
 
@@ -132,10 +137,18 @@ def deploy(
         sink.emit({**result, "ok": False}, lambda con: None)
         raise SpecError("preflight failed: " + "; ".join(f"{x.name}: {x.message}" for x in failed),
                         hint="fix the cluster or the spec; --skip-preflight deploys anyway")
+    from dsv3ctl.adapters.prepare_job import check_storage
+
+    check_storage(kube, values, ns)  # an existing claim's access modes, before anything is created
     if dry_run:
         sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values")
         sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
         return
+    if values["deploy"]["prepare"]["enabled"]:
+        from dsv3ctl.cli.prepare import prepare_step
+
+        result["prepare"] = prepare_step(spec, values, kube, ns, sink, create_namespace=create_namespace,
+                                         stop_for_prepare=stop_for_prepare)
     with tempfile.TemporaryDirectory(prefix="dsv3ctl-") as tmp:
         vf = Path(tmp) / "values.yaml"
         _write_values(values, vf)
@@ -339,6 +352,10 @@ def undeploy(
         helm.uninstall(rel, ns, timeout_s=timeout)
     else:
         sink.info(f"no helm release {rel} in {ns}; removing what is left")
+    from dsv3ctl.adapters import prepare_job as P
+
+    artifacts = [j["fingerprint"] for j in P.prepared(kube, ns, rel) if j["state"] == "succeeded"]
+    removed = P.delete_prepare(kube, ns, rel) + P.delete_test_pods(kube, ns, rel)  # not part of the release
     pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
     kept = []
     for p in pvcs:
@@ -351,12 +368,20 @@ def undeploy(
     while left and time.monotonic() < deadline:
         time.sleep(1)
         left = k.leftovers(kube, ns, rel)
-    data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept}
+    data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept, "removed": removed,
+            "kept_artifacts": artifacts}
     if left:
         sink.emit(data, lambda con: None)
         raise RuntimeFailure(f"after {timeout} s these objects of {rel} are still there: {', '.join(left)}")
-    sink.emit(data, lambda con: con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} "
-                                                                          "(--purge-storage deletes it)" if kept else "")))
+
+    def human(con) -> None:  # type: ignore[no-untyped-def]
+        con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} (--purge-storage deletes it)"
+                                                  if kept else ""))
+        if artifacts:
+            con.print("kept on the models volume (artifact directories of fingerprints " + ", ".join(artifacts)
+                      + "; docs/operations.md: purging old artifacts)")
+
+    sink.emit(data, human)
 
 
 def register(app: typer.Typer) -> None:

@@ -302,6 +302,9 @@ def make_plan(spec: Spec, model: DeepSeekV3Config | None = None) -> Plan:
     gpu = GPUS[spec.hardware.gpu]
     plan = Plan(spec=spec, model=m, world_size=p.world_size, gpu_bytes=gpu.memory_bytes)
     plan.checks = _layout_checks(spec, m)
+    from dsv3ctl.core.deploy_rules import deploy_checks  # rules of the Kubernetes deployment (rdma, storage, ...)
+
+    plan.checks += deploy_checks(spec)
     layout_ok = all(c.ok for c in plan.checks if c.name in ("world_size", "tp_divides_heads", "moe_ep_divides_tp"))
     if not layout_ok:
         return plan

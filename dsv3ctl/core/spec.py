@@ -216,8 +216,10 @@ def _default_access_modes() -> list[AccessMode]:
 class RdmaSpec(_Strict):
     """RDMA device-plugin resource requested per pod (adds the IPC_LOCK capability when enabled)."""
 
-    enabled: bool = Field(True, description="Request an RDMA resource per pod, on by default: TP16 across nodes "
-                                            "over TCP is far slower (off: NCCL_IB_DISABLE=1)")
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Request an RDMA resource per pod. auto: on only for multi-node groups (TP across nodes "
+                            "over TCP is far slower; one node talks over NVLink and needs no RDMA device); "
+                            "false: NCCL_IB_DISABLE=1")
     resource: str = Field("rdma/ib", pattern=r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$",
                           description="Extended resource name: rdma/ib, rdma/rdma_shared_device_a, rdma/hca_shared_devices_a, ...")
     count: int = Field(1, ge=1, le=64, description="How many of the RDMA resource each pod requests")
@@ -248,6 +250,22 @@ class StorageSpec(_Strict):
     mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods; launch.model_dir and "
                                                                    "launch.model_repository must lie under it")
     sub_path: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (volumeMount subPath; empty = its root)")
+    artifacts_dir: str = Field(
+        "artifacts", pattern=r"^([^/.][^/]*(/[^/.][^/]*)*)?$",
+        description="Directory under mount_path for content-addressed artifacts: engines, the TensorRT-LLM checkpoint "
+                    "and the Triton repository live in <mount_path>/<artifacts_dir>/<fingerprint>/ (the fingerprint "
+                    "of model, serving, parallelism, hardware and image), so an upgrade writes a new directory and a "
+                    "rollback finds the old one; empty = the fixed launch.* paths")
+
+
+class PrepareSpec(_Strict):
+    """The prepare Job (``dsv3ctl prepare``, run by ``dsv3ctl deploy`` before the group is installed)."""
+
+    enabled: bool = Field(False, description="dsv3ctl deploy runs a prepare Job (download, cast, convert, build, "
+                                             "repository) into the volume before it installs or upgrades the group")
+    timeout_s: int = Field(36000, ge=60, le=7 * 86400,
+                           description="Seconds the prepare Job may run (its activeDeadlineSeconds; deploy waits as long)")
+    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed prepare pod (Job backoffLimit)")
 
 
 class DeploySpec(_Strict):
@@ -282,11 +300,34 @@ class DeploySpec(_Strict):
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     service_monitor: bool = Field(False, description="Render a prometheus-operator ServiceMonitor for the metrics port")
     network_policy: bool = Field(False, description="Only release pods reach worker SSH/MPI ports; serving ports stay open")
-    pdb: bool = Field(True, description="PodDisruptionBudget keeping replicas-1 whole groups up (none when replicas=1)")
-    prepare_job: bool = Field(False, description="Helm pre-install/pre-upgrade Job that downloads/builds into the volume")
+    max_surge: int | None = Field(
+        None, ge=0, le=1000, description="LWS rolloutStrategy maxSurge: extra groups during an upgrade (each costs "
+                                         "nodes x gpus_per_node GPUs); null = 1 when replicas > 1, else 0")
+    max_unavailable: int = Field(1, ge=0, le=1000, description="LWS rolloutStrategy maxUnavailable: groups that may be "
+                                                              "down during an upgrade (not 0 when maxSurge is 0)")
+    pdb: bool = Field(True, description="PodDisruptionBudget with maxUnavailable 1: evicting one pod recreates its "
+                                        "group, whose pods then count as unavailable, so at most one group is "
+                                        "disrupted at a time (none when replicas=1)")
+    prepare: PrepareSpec = Field(default_factory=PrepareSpec)
     helm_test: bool = Field(True, description="Render the `helm test` Pod that checks readiness through the Service")
     openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
     startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
+
+
+    @model_validator(mode="after")
+    def _rollout(self) -> DeploySpec:
+        surge = self.effective_max_surge
+        if surge == 0 and self.max_unavailable == 0:
+            raise ValueError("deploy.max_unavailable=0 with max_surge=0 would never roll a group (LWS refuses it); "
+                             "use max_unavailable=1 or max_surge=1")
+        return self
+
+    @property
+    def effective_max_surge(self) -> int:
+        """``max_surge``, or 1 when replicas > 1 else 0 when it is null."""
+        if self.max_surge is not None:
+            return self.max_surge
+        return 1 if self.replicas > 1 else 0
 
 
 class Spec(_Strict):

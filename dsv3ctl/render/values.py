@@ -58,6 +58,14 @@ def image_tag(spec: Spec) -> str:
     return spec.image.tag or f"{__version__}-{spec.serving.mode}"
 
 
+def artifact_fingerprint(spec: Spec) -> str:
+    """The fingerprint of the spec's artifacts (:func:`dsv3ctl.render.artifacts.fingerprint` of the image the
+    pods run)."""
+    from dsv3ctl.render.artifacts import fingerprint
+
+    return fingerprint(spec, f"{spec.image.repository}:{image_tag(spec)}")
+
+
 def _check(spec: Spec) -> None:
     from dsv3ctl.core.planner import require_layout
 
@@ -78,6 +86,11 @@ def _check(spec: Spec) -> None:
                             f"so the pods would not see it; use a path under {mount} or change mount_path")
     if spec.serving.frontend == "trtllm-serve" and spec.serving.mode != "llmapi":
         raise SpecError("serving.frontend=trtllm-serve needs serving.mode=llmapi; use frontend=tritonserver or mode=llmapi")
+    from dsv3ctl.core.deploy_rules import deploy_checks
+
+    bad = [c.message for c in deploy_checks(spec) if not c.ok]
+    if bad:
+        raise SpecError("\n".join(bad))
     if d.gpu_product_label is None and spec.hardware.gpu not in GPUS:
         raise SpecError(f"hardware.gpu={spec.hardware.gpu!r} is unknown; use one of {', '.join(GPUS)}")
 
@@ -87,15 +100,24 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
 
     ``namespace``/``release`` override ``deploy.namespace``/``deploy.release`` (CLI flags). Resolved here:
     ``image.tag`` (empty -> ``<version>-<mode>``), ``deploy.gpu_product_label`` (null -> the
-    ``nvidia.com/gpu.product`` value of ``hardware.gpu``), ``launch.rdma`` (= ``deploy.rdma.enabled``).
+    ``nvidia.com/gpu.product`` value of ``hardware.gpu``), ``launch.rdma`` (``deploy.rdma.enabled``, ``auto``
+    resolved by :func:`dsv3ctl.core.deploy_rules.rdma_enabled`), ``deploy.max_surge`` (null -> 1 when
+    replicas > 1, else 0), and the ``launch.*`` artifact paths
+    (``model_repository``, ``engine_dir``, ``trtllm_checkpoint_dir``) moved into the content-addressed directory
+    of the spec's fingerprint (:mod:`dsv3ctl.render.artifacts`) unless ``deploy.storage.artifacts_dir`` is empty.
     Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring).
     """
+    from dsv3ctl.core.deploy_rules import rdma_enabled
+    from dsv3ctl.render.artifacts import artifact_paths
+
     _check(spec)
     values = spec.model_dump(mode="json")
     values["image"]["tag"] = image_tag(spec)
     if spec.deploy.gpu_product_label is None:
         values["deploy"]["gpu_product_label"] = GPUS[spec.hardware.gpu].product_label
-    values["launch"]["rdma"] = spec.deploy.rdma.enabled
+    values["launch"]["rdma"] = rdma_enabled(spec)[0]
+    values["deploy"]["max_surge"] = spec.deploy.effective_max_surge  # no null in the values (Helm 4 drops them)
+    values["launch"].update(artifact_paths(spec, artifact_fingerprint(spec)))
     if namespace:
         values["deploy"]["namespace"] = namespace
     if release:

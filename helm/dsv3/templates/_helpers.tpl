@@ -24,6 +24,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: dsv3ctl
 {{- end -}}
 
+{{/* Pod-template labels: no chart or app version, so a chart bump does not roll the groups. */}}
+{{- define "dsv3.podLabels" -}}
+{{ include "dsv3.selectorLabels" . }}
+app.kubernetes.io/part-of: dsv3ctl
+{{- end -}}
+
+{{/* deploy.rdma.enabled: true/false as given; auto = on only when the group spans nodes (dsv3ctl plan says why). */}}
+{{- define "dsv3.rdma" -}}
+{{- $e := .Values.deploy.rdma.enabled -}}
+{{- if kindIs "bool" $e -}}{{- if $e -}}true{{- end -}}
+{{- else if gt (int .Values.parallelism.nodes) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The values that reach the pods: the spec with launch.rdma resolved as the templates resolve it. */}}
+{{- define "dsv3.podValues" -}}
+{{- $v := deepCopy .Values -}}
+{{- $_ := set $v.launch "rdma" (eq (include "dsv3.rdma" .) "true") -}}
+{{- toYaml $v -}}
+{{- end -}}
+
+{{/* The pod-template checksum: the spec without the keys that change no pod (group count, rollout, PDB,
+     Service, ServiceMonitor, NetworkPolicy, helm test, prepare Job, names), so scaling or a Service change
+     does not roll the groups. */}}
+{{- define "dsv3.podChecksum" -}}
+{{- $v := include "dsv3.podValues" . | fromYaml -}}
+{{- $_ := set $v "deploy" (omit $v.deploy "replicas" "max_surge" "max_unavailable" "pdb" "service_type" "service_monitor" "network_policy" "helm_test" "prepare" "namespace" "release") -}}
+{{- toJson $v | sha256sum -}}
+{{- end -}}
+
 {{- define "dsv3.image" -}}
 {{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion .Values.serving.mode) -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
@@ -95,12 +124,13 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- $v := $.Values -}}
 {{- $d := $v.deploy -}}
 {{- $l := $v.launch -}}
+{{- $rdma := eq (include "dsv3.rdma" $) "true" -}}
 metadata:
   labels:
-    {{- include "dsv3.labels" $ | nindent 4 }}
+    {{- include "dsv3.podLabels" $ | nindent 4 }}
     app.kubernetes.io/component: {{ $role }}
   annotations:
-    checksum/spec: {{ include (print $.Template.BasePath "/configmap.yaml") $ | sha256sum }}
+    checksum/spec: {{ include "dsv3.podChecksum" $ }}
     kubectl.kubernetes.io/default-container: dsv3
 spec:
   {{- with $d.image_pull_secrets }}
@@ -176,7 +206,7 @@ spec:
         - name: UCX_NET_DEVICES
           value: {{ . | quote }}
         {{- end }}
-        {{- if not $d.rdma.enabled }}
+        {{- if not $rdma }}
         - name: NCCL_IB_DISABLE
           value: "1"
         {{- end }}
@@ -201,15 +231,15 @@ spec:
           cpu: {{ $d.cpu | quote }}
           memory: {{ $d.memory | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $d.rdma.enabled }}
+          {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
         limits:
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $d.rdma.enabled }}
+          {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
-      {{- if $d.rdma.enabled }}
+      {{- if $rdma }}
       securityContext:
         capabilities:
           add: ["IPC_LOCK"]
@@ -251,6 +281,7 @@ spec:
         - {name: dshm, mountPath: /dev/shm}
         - name: models
           mountPath: {{ $d.storage.mount_path }}
+          readOnly: true
           {{- with $d.storage.sub_path }}
           subPath: {{ . }}
           {{- end }}
