@@ -124,17 +124,22 @@ def _free_gpu_nodes(kube: Kube, nodes: list[str], gpus: int) -> list[str]:
 
 
 def stop_group(kube: Kube, namespace: str, release: str, log: Log, timeout_s: float = 600) -> None:
-    """Scale the release's LeaderWorkerSet to 0 and wait until its pods are gone (the upgrade restores replicas)."""
+    """Delete the release's LeaderWorkerSet (its groups with it) and wait until its pods are gone; the
+    ``helm upgrade`` that follows creates it again from the new values. Deleted rather than scaled to 0:
+    Helm creates a release object that is missing on upgrade (helm.sh/helm/v4 v4.2.4 pkg/kube/client.go:584-594,
+    v3.21.4 client.go:403), while a ``replicas`` changed by another field manager makes Helm 4's server-side
+    apply fail with a conflict on ``.spec.replicas``."""
     name = fullname(release)
-    kube.custom.patch_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name,
-                                               {"spec": {"replicas": 0}})
-    log(f"scaled LeaderWorkerSet {name} to 0 replicas so the prepare Job can use its GPUs")
+    kube.custom.delete_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL, name,
+                                                propagation_policy="Background")
+    log(f"deleted LeaderWorkerSet {name} (--stop-for-prepare) so the prepare Job can use its GPUs; the upgrade "
+        "creates it again")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not kube.pods(namespace, release):
             return
         time.sleep(POLL_S)
-    raise RuntimeFailure(f"the pods of {name} were still there {timeout_s:.0f} s after scaling it to 0",
+    raise RuntimeFailure(f"the pods of {name} were still there {timeout_s:.0f} s after deleting it",
                          hint=f"`dsv3ctl status -n {namespace} --release {release}`")
 
 
@@ -169,7 +174,7 @@ def _pod_line(p: Any) -> str:
 def _log_tail(kube: Kube, namespace: str, pod: str) -> list[str]:
     """The pod's last log lines; [] when the kubelet cannot serve them (kwok nodes have none)."""
     try:
-        text = kube.core.read_namespaced_pod_log(pod, namespace, container="prepare", tail_lines=LOG_TAIL)
+        text = kube.core.read_namespaced_pod_log(pod, namespace, tail_lines=LOG_TAIL)  # the one container
     except Exception:  # noqa: BLE001 - no log is not a failure of the Job
         return []
     return [x for x in str(text).splitlines() if x.strip()]
@@ -182,7 +187,7 @@ def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, art
 
     Before creating anything: the storage rule of an existing claim; in engine mode (the Job requests GPUs), when
     the release's group is running and no node has the Job's GPUs free, SpecError unless ``stop_for_prepare``
-    (then the group is scaled to 0 first). Per-node hostPath (more than one serving pod) runs one pod on each GPU
+    (then the group is deleted first; the upgrade creates it again). Per-node hostPath (more than one serving pod) runs one pod on each GPU
     node. Waits up to ``timeout_s`` (default ``deploy.prepare.timeout_s`` + 60 s), printing pod state changes and
     new log lines through ``log``.
     """
@@ -221,8 +226,8 @@ def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, art
                     f"the prepare Job needs {gpus} free {GPU} on {completions} node(s) for trtllm-build, but only "
                     f"{len(free)} node(s) have them while {running} group(s) of release {rel} hold the rest; it never "
                     "takes a running group's GPUs",
-                    hint="add a node with free GPUs (a second set of nodes), or pass --stop-for-prepare to scale the "
-                         "group to 0 first (no serving until the new group is Ready)")
+                    hint="add a node with free GPUs (a second set of nodes), or pass --stop-for-prepare to stop the "
+                         "group first (no serving until the new group is Ready)")
             stop_group(kube, namespace, rel, log)
     if old is None:
         for obj in R.prepare_objects(values, fp, artifact_dir, namespace=namespace, completions=completions):
@@ -298,10 +303,11 @@ def prepared(kube: Kube, namespace: str, release: str) -> list[dict[str, str]]:
 
 
 def delete_prepare(kube: Kube, namespace: str, release: str, fingerprint: str | None = None) -> list[str]:
-    """Delete the release's prepare Jobs (their pods in the background) and ConfigMaps; returns kind/name deleted."""
-    sel = f"{R.L_INSTANCE}={release},{R.L_COMPONENT}={R.COMPONENT}"
+    """Delete the release's prepare and purge Jobs (their pods too) and ConfigMaps, or only the prepare Job of
+    ``fingerprint``; returns kind/name deleted."""
+    sel = f"{R.L_INSTANCE}={release},{R.L_COMPONENT} in ({R.COMPONENT},{R.PURGE})"
     if fingerprint:
-        sel += f",{R.L_FINGERPRINT}={fingerprint}"
+        sel = f"{R.L_INSTANCE}={release},{R.L_COMPONENT}={R.COMPONENT},{R.L_FINGERPRINT}={fingerprint}"
     gone = []
     for j in _api(kube).list_namespaced_job(namespace, label_selector=sel).items:
         _api(kube).delete_namespaced_job(_name(j), namespace, propagation_policy="Background")
@@ -323,3 +329,33 @@ def delete_test_pods(kube: Kube, namespace: str, release: str) -> list[str]:
         kube.core.delete_namespaced_pod(_name(p), namespace, grace_period_seconds=0)
         gone.append(f"pod/{_name(p)}")
     return gone
+
+
+def run_purge(kube: Kube, values: dict[str, Any], namespace: str, fp: str, root: str, keep: list[str], *,
+              log: Log = lambda _m: None, timeout_s: float = 3660) -> list[str]:
+    """Delete the artifact directories under ``root`` except ``keep`` (+ ``fp``, the current one) with a short
+    Job (no GPUs; one pod per GPU node for hostPath), then the prepare-Job records of the removed fingerprints.
+    Returns the removed fingerprints (as far as the records know them)."""
+    d = values["deploy"]
+    rel = d["release"]
+    keep = sorted({fp, *keep})
+    pods = int(values["parallelism"]["nodes"]) * int(d["replicas"])
+    completions = len(gpu_nodes(kube, values)) if d["storage"]["kind"] == "hostPath" and pods > 1 else 1
+    cm, job = R.purge_objects(values, fp, root, keep, namespace=namespace, completions=max(1, completions))
+    name = job["metadata"]["name"]
+    batch = _api(kube)
+    if _exists(lambda: batch.read_namespaced_job(name, namespace)) is not None:
+        batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        _wait_gone(kube, namespace, name)
+    if _exists(lambda: kube.core.read_namespaced_config_map(name, namespace)) is not None:
+        kube.core.delete_namespaced_config_map(name, namespace)
+    kube.core.create_namespaced_config_map(namespace, _body(cm))
+    batch.create_namespaced_job(namespace, _body(job))
+    log(f"created purge Job {name}: removes {root}/* except {', '.join(keep)}")
+    _watch(kube, namespace, name, fp, root, completions, log, timeout_s)
+    removed = [j["fingerprint"] for j in prepared(kube, namespace, rel) if j["fingerprint"] not in keep]
+    for f in removed:
+        delete_prepare(kube, namespace, rel, fingerprint=f)
+    batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+    kube.core.delete_namespaced_config_map(name, namespace)
+    return removed

@@ -106,8 +106,8 @@ def deploy(
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
     stop_for_prepare: Annotated[bool, typer.Option(
-        "--stop-for-prepare", help="Engine mode upgrade with no spare GPUs: scale the running group to 0 so the prepare "
-                                   "Job can build (no serving until the new group is Ready).")] = False,
+        "--stop-for-prepare", help="Engine mode upgrade with no spare GPUs: stop (delete) the running group so the "
+                                   "prepare Job can build; the upgrade recreates it (no serving until it is Ready).")] = False,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Preflight through the API, the prepare Job (deploy.prepare.enabled), `helm upgrade --install` with the spec's values, then watch until Ready.

@@ -95,8 +95,8 @@ def deploy_checks(spec: Spec) -> list[Check]:
         if spec.serving.mode == "engine":
             msg = (f"the prepare Job requests {par.gpus_per_node} nvidia.com/gpu (trtllm-build runs on GPUs); on an "
                    "upgrade it never takes the running group's GPUs: it needs a node with that many free GPUs (a "
-                   "second set of nodes), else deploy refuses, or with --stop-for-prepare scales the group to 0 "
-                   "first (no serving until the new group is Ready)")
+                   "second set of nodes), else deploy refuses, or with --stop-for-prepare stops the group first "
+                   "(no serving until the new group is Ready)")
         else:
             msg = "the prepare Job requests no GPUs (llmapi mode: download and repository only)"
         out.append(Check("prepare_gpus", True, msg, "info"))

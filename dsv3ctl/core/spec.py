@@ -15,10 +15,19 @@ import difflib
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dsv3ctl.core.hardware import GPUS
 from dsv3ctl.errors import SpecError
@@ -268,6 +277,31 @@ class PrepareSpec(_Strict):
     backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed prepare pod (Job backoffLimit)")
 
 
+_LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY, max_length=316)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+_VOLUME_SOURCES = ("hostPath", "emptyDir", "secret", "configMap", "persistentVolumeClaim", "csi", "ephemeral",
+                   "projected", "downwardAPI", "nfs", "image")
+
+
+class SecretEnv(_Strict):
+    """One environment variable read from a Secret (``valueFrom.secretKeyRef``)."""
+
+    name: EnvName = Field(description="Variable name")
+    secret: str = Field(pattern=_K8S_NAME, max_length=253, description="Secret name in the release's namespace")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret")
+    optional: bool = Field(False, description="Start the pod when the Secret or key is missing")
+
+
+class VolumeMount(_Strict):
+    """An extra volumeMount of the dsv3 container (Kubernetes core/v1 VolumeMount)."""
+
+    name: str = Field(pattern=_K8S_NAME, max_length=63, description="Name of a volume in deploy.extra_volumes")
+    mountPath: str = Field(pattern=r"^/", description="Where it appears in the container")  # noqa: N815 - k8s name
+    readOnly: bool = False  # noqa: N815 - Kubernetes' field name
+    subPath: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (empty = its root)")  # noqa: N815
+
+
 class DeploySpec(_Strict):
     """Kubernetes deployment: namespace, release, pod shape, storage, scheduling and optional objects."""
 
@@ -294,7 +328,19 @@ class DeploySpec(_Strict):
     tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         description="Pod tolerations")
-    priority_class_name: str = Field("", description="priorityClassName of the pods")
+    priority_class_name: str = Field("", description="priorityClassName of the pods (and the prepare Job)")
+    scheduler_name: str = Field("", description="schedulerName of the pods, e.g. volcano or a Kueue-managed "
+                                                "scheduler; empty = the default scheduler")
+    pod_labels: dict[LabelKey, str] = Field(default_factory=dict, description="Extra labels on the serving pods "
+                                                                              "(e.g. kueue.x-k8s.io/queue-name)")
+    pod_annotations: dict[LabelKey, str] = Field(default_factory=dict, description="Extra annotations on the serving "
+                                                                                   "pods (e.g. Multus networks)")
+    extra_volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra pod volumes (Kubernetes core/v1 Volume objects, each with a name "
+                                          "and one source)")
+    extra_volume_mounts: list[VolumeMount] = Field(default_factory=list, description="Extra mounts of the dsv3 container")
+    env: dict[EnvName, str] = Field(default_factory=dict, description="Extra plain environment variables of the pods")
+    env_from_secrets: list[SecretEnv] = Field(default_factory=list, description="Extra environment variables read from Secrets")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for image pulls")
     exclusive_topology: str = Field("", description="Topology key for one group per domain (LWS exclusive-topology), e.g. a rack label")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
@@ -313,6 +359,31 @@ class DeploySpec(_Strict):
     openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
     startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
 
+
+    @field_validator("extra_volumes")
+    @classmethod
+    def _volumes(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import re
+
+        for i, vol in enumerate(v):
+            name = vol.get("name")
+            if not isinstance(name, str) or not re.fullmatch(_K8S_NAME, name) or name in ("models", "dshm", "ssh", "spec"):
+                raise ValueError(f"extra_volumes[{i}] needs a name that is a DNS label and not one the chart uses "
+                                 "(models, dshm, ssh, spec), e.g. {name: cache, emptyDir: {}}")
+            src = [k for k in vol if k != "name"]
+            if len(src) != 1:
+                raise ValueError(f"extra_volumes[{i}] ({name}) needs exactly one volume source "
+                                 f"({', '.join(_VOLUME_SOURCES)}, ...), got {src or 'none'}")
+        return v
+
+    @model_validator(mode="after")
+    def _mounts(self) -> DeploySpec:
+        names = {str(x["name"]) for x in self.extra_volumes}
+        for m in self.extra_volume_mounts:
+            if m.name not in names:
+                raise ValueError(f"extra_volume_mounts: {m.name!r} is not in deploy.extra_volumes "
+                                 f"({', '.join(sorted(names)) or 'none'}); add the volume or remove the mount")
+        return self
 
     @model_validator(mode="after")
     def _rollout(self) -> DeploySpec:

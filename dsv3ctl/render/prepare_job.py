@@ -156,3 +156,41 @@ def claim_object(values: dict[str, Any], namespace: str) -> dict[str, Any]:
                          "annotations": {"meta.helm.sh/release-name": rel, "meta.helm.sh/release-namespace": namespace,
                                          "helm.sh/resource-policy": "keep"}},
             "spec": spec}
+
+
+PURGE = "purge"
+
+
+def purge_objects(values: dict[str, Any], fp: str, root: str, keep: list[str], *, namespace: str,
+                  completions: int = 1) -> list[dict[str, Any]]:
+    """[ConfigMap, Job] that delete every fingerprint directory under ``root`` (``<mount>/<artifacts_dir>``)
+    except ``keep`` (16-hex fingerprints; the current one among them). No GPUs; labelled component ``purge``."""
+    import re
+
+    bad = [k for k in keep if not re.fullmatch(r"[0-9a-f]{16}", k)]
+    if bad or not root:
+        raise ValueError(f"purge needs artifact dirs and 16-hex fingerprints to keep, got root={root!r} keep={bad}")
+    objs = prepare_objects(values, fp, f"{root}/{fp}", namespace=namespace, completions=completions)
+    name = f"{fullname(values['deploy']['release'])}-purge-{fp}"
+    keep_args = " ".join(f"! -name {k}" for k in sorted(set(keep)))
+    script = ("set -eu\n"
+              f'R={root}\n'
+              'test -d "$R" || { echo "purge: $R does not exist"; exit 0; }\n'
+              f'find "$R" -mindepth 1 -maxdepth 1 -type d {keep_args} -print -exec rm -rf {{}} +\n'
+              'echo "purge: done"\n')
+    for o in objs:
+        o["metadata"]["name"] = name
+        o["metadata"]["labels"] = {**o["metadata"]["labels"], L_COMPONENT: PURGE}
+    cm, job = objs
+    pod = job["spec"]["template"]
+    pod["metadata"]["labels"] = job["metadata"]["labels"]
+    c = pod["spec"]["containers"][0]
+    c["name"], c["args"] = PURGE, [script]
+    for k in ("requests", "limits"):
+        c["resources"][k].pop("nvidia.com/gpu", None)
+    pod["spec"]["volumes"][1]["configMap"]["name"] = name
+    if "affinity" in pod["spec"]:
+        pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0][
+            "labelSelector"]["matchLabels"][L_COMPONENT] = PURGE
+    job["spec"]["activeDeadlineSeconds"] = 3600
+    return [cm, job]

@@ -125,14 +125,19 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- $d := $v.deploy -}}
 {{- $l := $v.launch -}}
 {{- $rdma := eq (include "dsv3.rdma" $) "true" -}}
+{{- $labels := include "dsv3.podLabels" $ | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $role }}
+{{- $annotations := dict "checksum/spec" (include "dsv3.podChecksum" $) "kubectl.kubernetes.io/default-container" "dsv3" }}
 metadata:
+  {{- /* deploy.pod_labels / pod_annotations first, the chart's own keys win (selectors must keep matching) */}}
   labels:
-    {{- include "dsv3.podLabels" $ | nindent 4 }}
-    app.kubernetes.io/component: {{ $role }}
+    {{- toYaml (mustMergeOverwrite (deepCopy $d.pod_labels) $labels) | nindent 4 }}
   annotations:
-    checksum/spec: {{ include "dsv3.podChecksum" $ }}
-    kubectl.kubernetes.io/default-container: dsv3
+    {{- toYaml (mustMergeOverwrite (deepCopy $d.pod_annotations) $annotations) | nindent 4 }}
 spec:
+  {{- with $d.scheduler_name }}
+  schedulerName: {{ . }}
+  {{- end }}
   {{- with $d.image_pull_secrets }}
   imagePullSecrets:
     {{- range . }}
@@ -214,6 +219,14 @@ spec:
         - name: {{ $k }}
           value: {{ $val | quote }}
         {{- end }}
+        {{- range $k, $val := $d.env }}
+        - name: {{ $k }}
+          value: {{ $val | quote }}
+        {{- end }}
+        {{- range $d.env_from_secrets }}
+        - name: {{ .name }}
+          valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .key | quote }}, optional: {{ .optional }}}}
+        {{- end }}
       ports:
         {{- if eq $role "leader" }}
         {{- if include "dsv3.trtllmServe" $ }}
@@ -287,6 +300,14 @@ spec:
           {{- end }}
         - {name: ssh, mountPath: {{ $l.ssh_secret_dir }}, readOnly: true}
         - {name: spec, mountPath: /etc/dsv3ctl/spec, readOnly: true}
+        {{- range $d.extra_volume_mounts }}
+        - name: {{ .name }}
+          mountPath: {{ .mountPath }}
+          readOnly: {{ .readOnly }}
+          {{- with .subPath }}
+          subPath: {{ . }}
+          {{- end }}
+        {{- end }}
   volumes:
     - name: dshm
       emptyDir: {medium: Memory, sizeLimit: {{ $d.shm_size }}}
@@ -300,4 +321,7 @@ spec:
       secret: {secretName: {{ include "dsv3.sshSecretName" $ }}, defaultMode: 0400}
     - name: spec
       configMap: {name: {{ include "dsv3.fullname" $ }}-spec}
+    {{- with $d.extra_volumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
