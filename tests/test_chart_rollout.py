@@ -214,3 +214,108 @@ def test_prepare_job_objects(tmp_path):
             files.append(f)
     r = kubeconform(files, build_schemas(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+PASSTHROUGH = {"deploy": {
+    "scheduler_name": "volcano", "priority_class_name": "inference",
+    "pod_labels": {"kueue.x-k8s.io/queue-name": "gpu", "app.kubernetes.io/name": "not-this"},
+    "pod_annotations": {"k8s.v1.cni.cncf.io/networks": "rdma-net"},
+    "extra_volumes": [{"name": "cache", "emptyDir": {"sizeLimit": "10Gi"}},
+                      {"name": "certs", "secret": {"secretName": "ca"}}],
+    "extra_volume_mounts": [{"name": "cache", "mountPath": "/cache"},
+                            {"name": "certs", "mountPath": "/etc/ca", "readOnly": True}],
+    "env": {"HTTPS_PROXY": "http://proxy:3128"},
+    "env_from_secrets": [{"name": "WANDB_API_KEY", "secret": "wandb", "key": "key"}]}}
+
+
+def test_passthrough_keys_reach_the_pods_and_pass_kubeconform(run_cli, write_spec, tmp_path):
+    objs = _objs(run_cli, write_spec, tmp_path, PASSTHROUGH, "p")
+    t = _leader(objs)
+    assert t["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert t["metadata"]["labels"]["app.kubernetes.io/name"] == "dsv3"  # the chart's selector labels win
+    assert t["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "rdma-net"
+    spec = t["spec"]
+    assert spec["schedulerName"] == "volcano" and spec["priorityClassName"] == "inference"
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "10Gi"}} in spec["volumes"]
+    c = spec["containers"][0]
+    assert {"name": "certs", "mountPath": "/etc/ca", "readOnly": True} in c["volumeMounts"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HTTPS_PROXY"]["value"] == "http://proxy:3128"
+    assert env["WANDB_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "wandb", "key": "key", "optional": False}}
+    r = kubeconform(sorted((tmp_path / "p").glob("[0-9][0-9]-*.yaml")), build_schemas(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"extra_volume_mounts": [{"name": "nope", "mountPath": "/x"}]}, "'nope' is not in deploy.extra_volumes"),
+    ({"extra_volumes": [{"name": "models", "emptyDir": {}}]}, "not one the chart uses"),
+    ({"extra_volumes": [{"name": "x"}]}, "exactly one volume source"),
+    ({"pod_labels": {"bad key!": "v"}}, "deploy.pod_labels"),
+    ({"env_from_secrets": [{"name": "A", "secret": "Bad_Name", "key": "k"}]}, "deploy.env_from_secrets.0.secret"),
+])
+def test_passthrough_keys_are_validated(run_cli, write_spec, tmp_path, change, needle):
+    r = run_cli("render", "--spec", write_spec({"deploy": change}), "--out", tmp_path / "o")
+    assert r.code == 2 and needle in r.err, r.err
+
+
+def test_resources_security_and_grace(run_cli, write_spec, tmp_path):
+    objs = _objs(run_cli, write_spec, tmp_path, {})
+    spec = _leader(objs)["spec"]
+    res = spec["containers"][0]["resources"]
+    assert res["requests"]["memory"] == res["limits"]["memory"] == "431Gi"  # 8 x 41.8 GiB + 64Gi shm + 32Gi
+    assert res["requests"]["ephemeral-storage"] == res["limits"]["ephemeral-storage"] == "50Gi"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert spec["terminationGracePeriodSeconds"] == 4096 * 50 // 1000 + 1 + 30  # ceil(204.8) + 30
+    r = run_cli("plan")
+    assert "memory request = limit 431Gi" in r.out and "terminationGracePeriodSeconds 235" in r.out
+    fixed = _leader(_objs(run_cli, write_spec, tmp_path, {"deploy": {"memory": "200Gi", "termination_grace_s": 90}},
+                          "f"))["spec"]
+    assert fixed["containers"][0]["resources"]["limits"]["memory"] == "200Gi"
+    assert fixed["terminationGracePeriodSeconds"] == 90
+
+
+@pytest.mark.parametrize(("serving", "port", "path"), [
+    ({}, "metrics", "/metrics"),
+    ({"mode": "llmapi", "frontend": "trtllm-serve"}, "openai", "/prometheus/metrics"),
+])
+def test_service_monitor_per_mode_and_only_with_its_crd(serving, port, path, tmp_path):
+    import subprocess
+
+    from dsv3ctl.core.spec import parse_spec
+    from dsv3ctl.render.values import render_values, values_yaml
+
+    v = render_values(parse_spec({"serving": serving, "deploy": {"service_monitor": True,
+                                                                 "service_monitor_labels": {"release": "prom"}}}))
+    f = tmp_path / "v.yaml"
+    f.write_text(values_yaml(v))
+    base = [tool("helm"), "template", "t", str(CHART), "-f", str(f), "--kube-version", "1.36.0"]
+    with_crd = subprocess.run([*base, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"],
+                              capture_output=True, text=True, check=True).stdout
+    sm = next(d for d in yaml.safe_load_all(with_crd) if d and d["kind"] == "ServiceMonitor")
+    assert sm["spec"]["endpoints"] == [{"port": port, "path": path, "interval": "30s"}]
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    without = subprocess.run(base, capture_output=True, text=True, check=True).stdout
+    assert "ServiceMonitor" not in [d["kind"] for d in yaml.safe_load_all(without) if d]
+
+
+def test_purge_job_objects(tmp_path):
+    from dsv3ctl.core.spec import parse_spec
+    from dsv3ctl.render.artifacts import artifacts_root
+    from dsv3ctl.render.prepare_job import purge_objects
+    from dsv3ctl.render.values import artifact_fingerprint, render_values
+
+    s = parse_spec({"deploy": {"prepare": {"enabled": True}}})
+    fp = artifact_fingerprint(s)
+    cm, job = purge_objects(render_values(s), fp, artifacts_root(s), [fp, "0123456789abcdef"], namespace="ns",
+                            completions=2)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert f"! -name 0123456789abcdef ! -name {fp}" in c["args"][0] and "rm -rf" in c["args"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "purge"
+    with pytest.raises(ValueError):
+        purge_objects(render_values(s), fp, artifacts_root(s), ["../etc"], namespace="ns")
+    for o in (cm, job):
+        (tmp_path / f"{o['kind']}.yaml").write_text(yaml.safe_dump(o))
+    r = kubeconform(sorted(tmp_path.glob("*.yaml")), build_schemas(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr

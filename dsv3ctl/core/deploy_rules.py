@@ -65,6 +65,40 @@ def claim_problem(modes: list[str], pods: int, prepare: bool, where: str) -> str
     return None
 
 
+def pod_memory(spec: Spec) -> str:
+    """``deploy.memory``, or (empty) the weight bytes per GPU (planner) x gpus_per_node + shm_size +
+    memory_headroom, rounded up to whole GiB; the chart sets request = limit (Guaranteed memory, not evicted
+    first as Burstable)."""
+    import math
+
+    from dsv3ctl.core.model import DeepSeekV3Config
+    from dsv3ctl.core.planner import _weights_per_gpu
+
+    d = spec.deploy
+    if d.memory:
+        return d.memory
+    per_gpu, _ = _weights_per_gpu(spec, DeepSeekV3Config.default())
+    total = per_gpu * spec.parallelism.gpus_per_node + _bytes(d.shm_size) + _bytes(d.memory_headroom)
+    return f"{math.ceil(total / 2**30)}Gi"
+
+
+def _bytes(q: str) -> float:
+    from dsv3ctl.render.values import quantity_bytes  # the one quantity parser (pure)
+
+    return quantity_bytes(q)
+
+
+def termination_grace_s(spec: Spec) -> int:
+    """``deploy.termination_grace_s``, or ``ceil(serving.max_seq_len x drain_per_token_ms / 1000) + 30``: time for
+    the longest request in flight to finish after the pod is told to stop."""
+    import math
+
+    d = spec.deploy
+    if d.termination_grace_s is not None:
+        return d.termination_grace_s
+    return math.ceil(spec.serving.max_seq_len * d.drain_per_token_ms / 1000) + 30
+
+
 def deploy_checks(spec: Spec) -> list[Check]:
     """Checks named ``rdma``, ``storage``, ``prepare_gpus`` and ``rollout`` (only ``storage`` can fail)."""
     from dsv3ctl.core.planner import Check
@@ -100,6 +134,16 @@ def deploy_checks(spec: Spec) -> list[Check]:
         else:
             msg = "the prepare Job requests no GPUs (llmapi mode: download and repository only)"
         out.append(Check("prepare_gpus", True, msg, "info"))
+    try:
+        mem = pod_memory(spec)
+    except (ValueError, ZeroDivisionError, KeyError):  # a layout the planner refuses elsewhere
+        mem = d.memory or "?"
+    out.append(Check("resources", True, f"per pod: memory request = limit {mem}"
+                                        + ("" if d.memory else " (weights per node + shm_size + memory_headroom)")
+                                        + f", ephemeral-storage {d.ephemeral_storage}, terminationGracePeriodSeconds "
+                                        f"{termination_grace_s(spec)}"
+                                        + ("" if d.termination_grace_s else f" (max_seq_len {spec.serving.max_seq_len}"
+                                           f" x {d.drain_per_token_ms:g} ms + 30 s)"), "info"))
     surge = d.effective_max_surge
     cost = surge * par.nodes * par.gpus_per_node
     out.append(Check("rollout", True, f"rolling update maxSurge={surge} maxUnavailable={d.max_unavailable}: an upgrade "

@@ -320,7 +320,21 @@ class DeploySpec(_Strict):
     ssh_secret: str = Field("", description="Existing Secret with ssh-privatekey/ssh-publickey for MPI "
                                             "(empty = the chart creates <release>-dsv3-ssh once and reuses it)")
     cpu: str = Field("16", pattern=_QUANTITY, description="CPU request per pod")
-    memory: str = Field("128Gi", pattern=_QUANTITY, description="Memory request per pod")
+    memory: str = Field("", pattern=_QUANTITY, description="Memory request = limit per pod (Guaranteed memory); "
+                                                        "empty = from the plan: engine/weight bytes per node + "
+                                                        "shm_size + memory_headroom")
+    memory_headroom: str = Field("32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$",
+                                 description="memory='': added to the plan's bytes per node (runtime, Python, buffers)")
+    ephemeral_storage: str = Field("50Gi", pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)$",
+                                   description="ephemeral-storage request = limit per pod (logs, /tmp, runtime dir)")
+    termination_grace_s: int | None = Field(
+        None, ge=1, le=86400, description="terminationGracePeriodSeconds; null = serving.max_seq_len x "
+                                          "drain_per_token_ms + 30 s, so a request in flight can finish")
+    drain_per_token_ms: float = Field(50.0, gt=0, le=10000, description="Time per generated token assumed when "
+                                                                        "sizing termination_grace_s")
+    service_monitor_labels: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Extra labels on the ServiceMonitor (the Prometheus operator's "
+                                          "serviceMonitorSelector, e.g. release: prometheus)")
     gpu_product_label: str | None = Field(
         None, description="nodeSelector nvidia.com/gpu.product; null = from hardware.gpu, '' = do not select")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra nodeSelector labels")

@@ -82,8 +82,8 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
           "metadata": {"name": name, "namespace": namespace, "labels": lab},
           "data": {"spec.yaml": yaml.safe_dump(values, sort_keys=False)}}
     gpu = str(par["gpus_per_node"]) if values["serving"]["mode"] == "engine" else None
-    res: dict[str, Any] = {"requests": {"cpu": d["cpu"], "memory": d["memory"]},
-                           "limits": {"cpu": d["cpu"], "memory": d["memory"]}}
+    res: dict[str, Any] = {"requests": {"cpu": d["cpu"], "memory": d["memory"], "ephemeral-storage": d["ephemeral_storage"]},
+                           "limits": {"cpu": d["cpu"], "memory": d["memory"], "ephemeral-storage": d["ephemeral_storage"]}}
     if gpu:
         res["requests"]["nvidia.com/gpu"] = gpu
         res["limits"]["nvidia.com/gpu"] = gpu
@@ -91,6 +91,10 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
                                  {"name": "DSV3CTL_ARTIFACT_FINGERPRINT", "value": fp}]
     if d["hf_token_secret"]:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": d["hf_token_secret"], "key": "HF_TOKEN"}}})
+    env += [{"name": k, "value": v} for k, v in d["env"].items()]
+    env += [{"name": e["name"], "valueFrom": {"secretKeyRef": {"name": e["secret"], "key": e["key"],
+                                                               "optional": e["optional"]}}}
+            for e in d["env_from_secrets"]]
     st = d["storage"]
     mount: dict[str, Any] = {"name": "models", "mountPath": st["mount_path"]}
     if st["sub_path"]:
@@ -104,6 +108,7 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
         "restartPolicy": "Never",
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "prepare", "image": f"{img['repository']}:{img['tag']}", "imagePullPolicy": img["pull_policy"],
             "command": ["/bin/sh", "-c"],
@@ -124,6 +129,8 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
         pod["imagePullSecrets"] = [{"name": s} for s in d["image_pull_secrets"]]
     if d["priority_class_name"]:
         pod["priorityClassName"] = d["priority_class_name"]
+    if d["scheduler_name"]:
+        pod["schedulerName"] = d["scheduler_name"]
     if completions > 1:
         pod["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
             "topologyKey": "kubernetes.io/hostname",

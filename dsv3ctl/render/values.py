@@ -102,12 +102,13 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
     ``image.tag`` (empty -> ``<version>-<mode>``), ``deploy.gpu_product_label`` (null -> the
     ``nvidia.com/gpu.product`` value of ``hardware.gpu``), ``launch.rdma`` (``deploy.rdma.enabled``, ``auto``
     resolved by :func:`dsv3ctl.core.deploy_rules.rdma_enabled`), ``deploy.max_surge`` (null -> 1 when
-    replicas > 1, else 0), and the ``launch.*`` artifact paths
+    replicas > 1, else 0), ``deploy.memory`` (empty -> :func:`dsv3ctl.core.deploy_rules.pod_memory`), ``deploy.termination_grace_s``
+    (null -> :func:`dsv3ctl.core.deploy_rules.termination_grace_s`), and the ``launch.*`` artifact paths
     (``model_repository``, ``engine_dir``, ``trtllm_checkpoint_dir``) moved into the content-addressed directory
     of the spec's fingerprint (:mod:`dsv3ctl.render.artifacts`) unless ``deploy.storage.artifacts_dir`` is empty.
     Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring).
     """
-    from dsv3ctl.core.deploy_rules import rdma_enabled
+    from dsv3ctl.core.deploy_rules import pod_memory, rdma_enabled, termination_grace_s
     from dsv3ctl.render.artifacts import artifact_paths
 
     _check(spec)
@@ -117,6 +118,8 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
         values["deploy"]["gpu_product_label"] = GPUS[spec.hardware.gpu].product_label
     values["launch"]["rdma"] = rdma_enabled(spec)[0]
     values["deploy"]["max_surge"] = spec.deploy.effective_max_surge  # no null in the values (Helm 4 drops them)
+    values["deploy"]["memory"] = pod_memory(spec)
+    values["deploy"]["termination_grace_s"] = termination_grace_s(spec)
     values["launch"].update(artifact_paths(spec, artifact_fingerprint(spec)))
     if namespace:
         values["deploy"]["namespace"] = namespace

@@ -155,7 +155,12 @@ spec:
   priorityClassName: {{ . }}
   {{- end }}
   enableServiceLinks: false
-  terminationGracePeriodSeconds: 60
+  {{- /* the launcher reads nothing from the API: no token in the pods */}}
+  automountServiceAccountToken: false
+  securityContext:
+    seccompProfile: {type: RuntimeDefault}
+  {{- /* deploy.termination_grace_s: resolved by dsv3ctl from serving.max_seq_len x drain_per_token_ms + 30 s */}}
+  terminationGracePeriodSeconds: {{ $d.termination_grace_s | default 60 }}
   {{- $ns := dict -}}
   {{- if $d.gpu_product_label }}{{ $_ := set $ns "nvidia.com/gpu.product" $d.gpu_product_label }}{{ end -}}
   {{- $ns = mustMerge (deepCopy $d.node_selector) $ns }}
@@ -239,15 +244,20 @@ spec:
         {{- else }}
         - {name: ssh, containerPort: {{ $l.ssh_port }}, protocol: TCP}
         {{- end }}
+      {{- /* memory and ephemeral storage: request = limit (deploy.memory resolved from the plan by dsv3ctl) */}}
+      {{- $mem := $d.memory | default "128Gi" }}
       resources:
         requests:
           cpu: {{ $d.cpu | quote }}
-          memory: {{ $d.memory | quote }}
+          memory: {{ $mem | quote }}
+          ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
           {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
         limits:
+          memory: {{ $mem | quote }}
+          ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
           {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
