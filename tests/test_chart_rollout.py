@@ -319,3 +319,19 @@ def test_purge_job_objects(tmp_path):
         (tmp_path / f"{o['kind']}.yaml").write_text(yaml.safe_dump(o))
     r = kubeconform(sorted(tmp_path.glob("*.yaml")), build_schemas(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prepare_pods_are_not_repelled_by_the_serving_pods(run_cli, write_spec, tmp_path):
+    """The serving pods' required anti-affinity selects name + instance; the prepare pods must not match it,
+    or they could never run on a node that serves (llmapi prepare needs no GPUs)."""
+    from dsv3ctl.core.spec import parse_spec
+    from dsv3ctl.render.prepare_job import prepare_objects
+    from dsv3ctl.render.values import render_values
+
+    objs = _objs(run_cli, write_spec, tmp_path, {})
+    anti = _leader(objs)["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    sel = anti[0]["labelSelector"]["matchLabels"]
+    _, job = prepare_objects(render_values(parse_spec({})), "0" * 16, "/models/artifacts/" + "0" * 16, namespace="ns")
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not all(pod_labels.get(k) == v for k, v in sel.items())
+    assert pod_labels["app.kubernetes.io/instance"] == "dsv3"  # undeploy still finds them by release

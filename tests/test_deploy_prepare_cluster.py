@@ -101,13 +101,21 @@ def test_new_claim_prepare_upgrade_rollback_undeploy(kenv, run_cli, write_spec):
     assert f"prepare Job {rel}-dsv3-prepare-{fp1} already succeeded" in r.out
     assert set(_jobs(kenv, rel)) == {fp1, fp2}
 
+    # purge: a short Job removes every other fingerprint's directory, then its record
+    r = run_cli("prepare", "--spec", write_spec(base, "v1.yaml"), "-n", NS, "--release", rel, "--purge",
+                "--output", "json")
+    assert r.code == 0, r.out + r.err
+    assert json.loads(r.out) == {"kept": [fp1], "removed_records": [fp2]}
+    assert set(_jobs(kenv, rel)) == {fp1}
+    assert "purge" not in _kubectl(kenv, "-n", NS, "get", "job", "-o", "name")
+
     t0 = time.monotonic()
     r = run_cli("undeploy", "-n", NS, "--release", rel, "--purge-storage", "--timeout", "60", "--output", "json")
     took = time.monotonic() - t0
     assert r.code == 0, r.err
     data = json.loads(r.out)
     assert took < 30, took
-    assert sorted(data["kept_artifacts"]) == sorted([fp1, fp2])
+    assert data["kept_artifacts"] == [fp1]
     left = _kubectl(kenv, "-n", NS, "get", "all,secret,configmap,pvc,job,leaderworkerset", "-l",
                     f"app.kubernetes.io/instance={rel}", "-o", "name")
     assert left.strip() == ""

@@ -39,8 +39,11 @@ def job_name(release: str, fp: str) -> str:
 
 
 def labels(release: str, fp: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "dsv3", L_INSTANCE: release, "app.kubernetes.io/part-of": "dsv3ctl",
-            "app.kubernetes.io/managed-by": "dsv3ctl", L_COMPONENT: COMPONENT, L_FINGERPRINT: fp}
+    """Labels of the Job, its pods and its ConfigMap. No ``app.kubernetes.io/name``: the serving pods' required
+    anti-affinity selects ``name`` + ``instance`` (one serving pod per node), and a prepare pod carrying both
+    could never share a node with a running group (e.g. llmapi prepare, which needs no GPUs)."""
+    return {L_INSTANCE: release, "app.kubernetes.io/part-of": "dsv3ctl", "app.kubernetes.io/managed-by": "dsv3ctl",
+            L_COMPONENT: COMPONENT, L_FINGERPRINT: fp}
 
 
 def marker_path(values: dict[str, Any], artifact_dir: str, fp: str) -> str:
