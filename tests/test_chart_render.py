@@ -97,14 +97,16 @@ def test_render_matrix_passes_kubeconform(run_cli, write_spec, tmp_path, schemas
 
 def test_optional_objects_pass_kubeconform(run_cli, write_spec, tmp_path, schemas):
     objs = _render(run_cli, write_spec, tmp_path / "all", {"deploy": {
-        "replicas": 3, "network_policy": True, "pdb": True, "prepare_job": True, "exclusive_topology": "rack",
+        "replicas": 3, "network_policy": True, "pdb": True, "prepare": {"enabled": True}, "exclusive_topology": "rack",
         "hf_token_secret": "hf", "ssh_secret": "my-ssh", "image_pull_secrets": ["reg"], "priority_class_name": "hi",
         "nccl": {"ib_hca": "mlx5_0", "socket_ifname": "eth0", "extra_env": {"NCCL_NVLS_ENABLE": "0"}}}})
     kinds = sorted(o["kind"] for o in objs.values())
-    assert kinds.count("NetworkPolicy") == 2 and "PodDisruptionBudget" in kinds and "Job" in kinds
+    assert kinds.count("NetworkPolicy") == 2 and "PodDisruptionBudget" in kinds
+    assert "Job" not in kinds  # the prepare Job is created by dsv3ctl before the group, not by the chart
     assert "Secret" not in kinds  # ssh_secret names an existing Secret
     pdb = next(o for o in objs.values() if o["kind"] == "PodDisruptionBudget")
-    assert pdb["spec"]["minAvailable"] == 2 * 2  # nodes x (replicas - 1): one whole group may go
+    # one pod at a time; its group's other pods then count as unavailable, so one group at a time
+    assert pdb["spec"] == {**pdb["spec"], "maxUnavailable": 1} and "minAvailable" not in pdb["spec"]
     lws = next(o for o in objs.values() if o["kind"] == "LeaderWorkerSet")
     assert lws["metadata"]["annotations"]["leaderworkerset.sigs.k8s.io/exclusive-topology"] == "rack"
     env = {e["name"]: e.get("value") for e in lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["env"]}

@@ -14,6 +14,7 @@ from chart_tools import CHART, tool
 from dsv3ctl.core.spec import Spec, load_spec
 from dsv3ctl.render.values import (
     chart_default_values_yaml,
+    chart_readme_text,
     chart_values_schema,
     chart_values_schema_text,
     render_values,
@@ -37,6 +38,19 @@ def test_values_file_is_the_rendered_default_spec():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values == render_values(load_spec(None))
     Spec.model_validate(values)  # the chart defaults are a valid spec, so the pods' DSV3CTL_SPEC loads
+
+
+def test_chart_readme_is_generated_from_the_schema():
+    _sync(CHART / "README.md", chart_readme_text())
+    text = (CHART / "README.md").read_text()
+    for key in ("deploy.storage.artifacts_dir", "deploy.rdma.enabled", "deploy.prepare.timeout_s", "serving.max_seq_len"):
+        assert f"| `{key}` |" in text
+
+
+def test_values_file_is_commented():
+    text = (CHART / "values.yaml").read_text()
+    assert "# Nodes per model instance (LeaderWorkerSet size)" in text
+    assert text.count("\n  # ") > 50  # nested keys carry their descriptions
 
 
 def test_every_object_in_the_schema_is_closed():

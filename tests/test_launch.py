@@ -79,6 +79,22 @@ def test_preflight_rules():
     assert len(L.preflight_errors(bad, shm_min_gib=8, rdma=False, gpus_per_node=8, skip=["gpus"])) == 1
 
 
+def test_memlock_passes_with_cap_ipc_lock(tmp_path):
+    """The kernel does not apply RLIMIT_MEMLOCK to RDMA pinning by a process holding CAP_IPC_LOCK."""
+    capped = L.PreflightFacts(shm_bytes=64 * L.GIB, memlock_soft=65536, has_infiniband=True, visible_gpus=8,
+                              cap_ipc_lock=True)
+    assert L.preflight_errors(capped, shm_min_gib=8, rdma=True, gpus_per_node=8) == []
+    (msg,) = L.preflight_errors(L.PreflightFacts(64 * L.GIB, 65536, True, 8), shm_min_gib=8, rdma=True,
+                                gpus_per_node=8)
+    assert "lacks CAP_IPC_LOCK" in msg and "IPC_LOCK capability" in msg and "memlock" in msg
+    status = tmp_path / "status"
+    for capeff, held in (("00000000a80425fb", False), ("00000000a80445fb", True), ("000001ffffffffff", True)):
+        status.write_text(f"Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\n")
+        assert L.holds_cap_ipc_lock(str(status)) is held, capeff
+    assert L.holds_cap_ipc_lock(str(tmp_path / "missing")) is False
+    assert isinstance(L.holds_cap_ipc_lock(), bool)  # this machine's /proc/self/status parses
+
+
 def test_rdma_preflight_names_the_switches_that_turn_it_off(run_cli, write_spec, tmp_path, monkeypatch):
     bad = L.PreflightFacts(shm_bytes=64 * L.GIB, memlock_soft=resource.RLIM_INFINITY, has_infiniband=False,
                            visible_gpus=8)
@@ -87,11 +103,11 @@ def test_rdma_preflight_names_the_switches_that_turn_it_off(run_cli, write_spec,
     assert "deploy.rdma.enabled: true in the spec" in msg
     assert "deploy.rdma.enabled: false" in msg and "--no-rdma" in msg and "DSV3CTL_RDMA" in msg
     assert "launch.rdma=false" not in msg
-    # the CLI says which setting turned RDMA on (the embedded default: deploy.rdma.enabled)
+    # the CLI says which setting turned RDMA on (the embedded default: deploy.rdma.enabled=auto on 2 nodes)
     monkeypatch.setattr(L, "measure", lambda: bad)
     monkeypatch.delenv("DSV3CTL_RDMA", raising=False)
     r = run_cli("launch", "leader", "--hosts", "a,b", "--runtime-dir", tmp_path / "rt")
-    assert r.code == 1 and "deploy.rdma.enabled: true in the spec" in r.err and "--no-rdma" in r.err
+    assert r.code == 1 and "deploy.rdma.enabled=auto and parallelism.nodes=2" in r.err and "--no-rdma" in r.err
 
 
 def _ssh_like_server() -> tuple[socket.socket, int]:

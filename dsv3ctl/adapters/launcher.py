@@ -64,6 +64,28 @@ class PreflightFacts:
     memlock_soft: int  # bytes; resource.RLIM_INFINITY when unlimited
     has_infiniband: bool
     visible_gpus: int
+    cap_ipc_lock: bool = False  # CAP_IPC_LOCK in the effective set: the memlock limit does not apply
+
+
+#: CAP_IPC_LOCK's bit (linux include/uapi/linux/capability.h: ``#define CAP_IPC_LOCK 14``)
+CAP_IPC_LOCK = 14
+
+
+def holds_cap_ipc_lock(status_path: str = "/proc/self/status") -> bool:
+    """Whether this process holds CAP_IPC_LOCK: bit 14 of ``CapEff`` (hex) in ``/proc/self/status``.
+
+    The kernel skips RLIMIT_MEMLOCK for such a process when RDMA pins memory: drivers/infiniband/core/umem.c
+    ``__ib_umem_get``: ``if (new_pinned > lock_limit && !capable(CAP_IPC_LOCK))`` fails with -ENOMEM (read at
+    NVIDIA/NV-Kernels 2c967d59cc91afc9997c67467763bd643853877a, same check as mainline). False when the file
+    cannot be read (not Linux)."""
+    try:
+        with open(status_path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def measure(shm_path: str = "/dev/shm", ib_path: str = "/dev/infiniband") -> PreflightFacts:
@@ -75,7 +97,7 @@ def measure(shm_path: str = "/dev/shm", ib_path: str = "/dev/infiniband") -> Pre
     except OSError:
         shm = 0
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return PreflightFacts(shm, soft, os.path.isdir(ib_path), count_gpus())
+    return PreflightFacts(shm, soft, os.path.isdir(ib_path), count_gpus(), holds_cap_ipc_lock())
 
 
 def count_gpus() -> int:
@@ -110,10 +132,12 @@ def preflight_errors(facts: PreflightFacts, *, shm_min_gib: float, rdma: bool, g
         errs.append(f"/dev/shm is {facts.shm_bytes / GIB:.2f} GiB, smaller than launch.shm_min_gib={shm_min_gib:g} "
                     "GiB (NCCL and the Python backend use shared memory); mount an emptyDir with medium: Memory "
                     f"and sizeLimit >= {shm_min_gib:g}Gi at /dev/shm (docker: --shm-size)")
-    if "memlock" not in skip and rdma and facts.memlock_soft != resource.RLIM_INFINITY:
-        errs.append(f"memlock limit is {facts.memlock_soft} bytes but RDMA{why} needs unlimited (ulimit -l unlimited; "
-                    "docker: --ulimit memlock=-1; Kubernetes: the container runtime's default ulimits or the "
-                    f"IPC_LOCK capability), or turn RDMA off: {RDMA_OFF}")
+    if "memlock" not in skip and rdma and facts.memlock_soft != resource.RLIM_INFINITY and not facts.cap_ipc_lock:
+        errs.append(f"memlock limit is {facts.memlock_soft} bytes and the process lacks CAP_IPC_LOCK, but RDMA{why} "
+                    "pins memory beyond it; Kubernetes: keep the IPC_LOCK capability the chart adds "
+                    "(securityContext.capabilities.add, which the namespace's Pod Security level must allow) or "
+                    "raise the container runtime's default memlock limit; docker: --ulimit memlock=-1 or "
+                    f"--cap-add IPC_LOCK; or turn RDMA off: {RDMA_OFF}")
     if "infiniband" not in skip and rdma and not facts.has_infiniband:
         errs.append(f"/dev/infiniband is missing while RDMA is on{why}; request the RDMA device plugin's resource "
                     f"(deploy.rdma.resource, e.g. rdma/ib), or turn RDMA off: {RDMA_OFF}")

@@ -21,6 +21,7 @@ from dsv3ctl.cli import fabric as _fabric
 from dsv3ctl.cli import image as _image
 from dsv3ctl.cli import launch as _launch
 from dsv3ctl.cli import plan as _plan
+from dsv3ctl.cli import prepare as _prepare
 from dsv3ctl.cli import repo as _repo
 from dsv3ctl.cli import slurm as _slurm
 from dsv3ctl.cli import smoke as _smoke
@@ -78,6 +79,7 @@ def _root(
 _spec.register(app)
 _plan.register(app)
 _deploy.register(app)
+_prepare.register(app)
 _clients.register(app)
 _repo.register(app)
 _launch.register(app)

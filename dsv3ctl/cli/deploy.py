@@ -102,13 +102,18 @@ def render(
 def deploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every group is Ready.")] = True,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds for the preflight reads, helm and the wait for Ready together; default serving.load_timeout_s + 300.")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds for the preflight reads, helm and the wait for Ready together (the prepare Job has its own deadline, deploy.prepare.timeout_s); default serving.load_timeout_s + 300.")] = None,
     grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
+    stop_for_prepare: Annotated[bool, typer.Option(
+        "--stop-for-prepare", help="Engine mode upgrade with no spare GPUs: stop (delete) the running group so the "
+                                   "prepare Job can build; the upgrade recreates it (no serving until it is Ready).")] = False,
     kubeconfig: KubeconfigOpt = None, dry_run: DryRunOpt = False, output: OutputOpt = OutputFormat.table,
 ) -> None:
-    """Preflight through the API, `helm upgrade --install` with the spec's values, then watch until Ready.
+    """Preflight through the API, the prepare Job (deploy.prepare.enabled), `helm upgrade --install` with the spec's values, then watch until Ready.
+
+    Prepare: an ordinary Job created before the group is installed or upgraded, watched until it succeeds (deadline deploy.prepare.timeout_s); see `dsv3ctl prepare`.
 
     Preflight: the LWS CRD is installed; enough schedulable nodes have gpus_per_node allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label, and that many GPUs still free (not requested by running pods of other releases); the namespace, the token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed (--skip-preflight deploys anyway). An API server that does not answer exits 1.
 
@@ -143,12 +148,21 @@ def deploy(
         sink.info(f"  note: release {rel} runs {running[1]} group(s) of {running[0]} pod(s); this spec has "
                   f"{want[1]} of {want[0]}: the upgrade replaces every running group (a LeaderWorkerSet group "
                   "is one MPI world; its size cannot change in place), so serving stops until the new groups are Ready")
+    from dsv3ctl.adapters.prepare_job import check_storage
+
+    check_storage(kube, values, ns)  # an existing claim's access modes, before anything is created
     if dry_run:
         sink.info(f"dry run: would run helm upgrade --install {rel} {c} -n {ns} with the spec's values"
                   + (f", replacing the running {running[1]} x {running[0]} group(s)" if running and running != want
                      else ""))
         sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
         return
+    if values["deploy"]["prepare"]["enabled"]:
+        from dsv3ctl.cli.prepare import prepare_step
+
+        result["prepare"] = prepare_step(spec, values, kube, ns, sink, create_namespace=create_namespace,
+                                         stop_for_prepare=stop_for_prepare)
+        start = time.monotonic()  # the prepare Job has its own deadline (deploy.prepare.timeout_s); --timeout is the rest
     with tempfile.TemporaryDirectory(prefix="dsv3ctl-") as tmp:
         vf = Path(tmp) / "values.yaml"
         _write_values(values, vf)
@@ -412,6 +426,10 @@ def undeploy(
             raise
         raise RuntimeFailure(f"{e.message} (waiting for {deadline.what}, deadline {timeout} s; last state seen: "
                              f"{deadline.last or 'none yet'})", hint=e.hint) from None
+    from dsv3ctl.adapters import prepare_job as P
+
+    artifacts = [j["fingerprint"] for j in P.prepared(kube, ns, rel) if j["state"] == "succeeded"]
+    removed = P.delete_prepare(kube, ns, rel) + P.delete_test_pods(kube, ns, rel)  # not part of the release
     pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
     kept = []
     for p in pvcs:
@@ -420,13 +438,21 @@ def undeploy(
         else:
             kept.append(p.metadata.name)
     left = k.wait_gone(kube, ns, rel, deadline)
-    data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept}
+    data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept, "removed": removed,
+            "kept_artifacts": artifacts}
     if left:
         sink.emit(data, lambda con: None)
         raise RuntimeFailure(f"gave up after {timeout} s waiting for {deadline.what}; still there: {', '.join(left)}",
                              hint=f"a longer --timeout waits longer; `kubectl -n {ns} get all -l app.kubernetes.io/instance={rel}`")
-    sink.emit(data, lambda con: con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} "
-                                                                          "(--purge-storage deletes it)" if kept else "")))
+
+    def human(con) -> None:  # type: ignore[no-untyped-def]
+        con.print(f"{rel} removed from {ns}" + (f"; kept PVC {', '.join(kept)} (--purge-storage deletes it)"
+                                                  if kept else ""))
+        if artifacts:
+            con.print("kept on the models volume (artifact directories of fingerprints " + ", ".join(artifacts)
+                      + "; docs/operations.md: purging old artifacts)")
+
+    sink.emit(data, human)
 
 
 def register(app: typer.Typer) -> None:

@@ -71,8 +71,11 @@ def _rdma(s: Any, flag: bool | None) -> tuple[bool, str]:
     if flag is not None:
         env = os.environ.get("DSV3CTL_RDMA")
         return flag, (f"DSV3CTL_RDMA={env}" if env is not None else "--rdma")
-    if getattr(getattr(getattr(s, "deploy", None), "rdma", None), "enabled", False):
-        return True, "deploy.rdma.enabled: true in the spec"
+    from dsv3ctl.core.deploy_rules import rdma_enabled
+
+    on, why = rdma_enabled(s)  # deploy.rdma.enabled: true/false, or auto = on for multi-node groups
+    if on:
+        return True, ("deploy.rdma.enabled: true in the spec" if s.deploy.rdma.enabled is True else why)
     if s.launch.rdma:
         return True, "launch.rdma: true in the spec"
     return False, ""

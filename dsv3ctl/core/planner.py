@@ -335,6 +335,9 @@ def _plan(spec: Spec, m: DeepSeekV3Config) -> Plan:
     from dsv3ctl.core.fabric import plan_statement
 
     plan.checks.append(Check("fabric_check", True, plan_statement(spec), severity="info"))
+    from dsv3ctl.core.deploy_rules import deploy_checks  # rules of the Kubernetes deployment (rdma, storage, ...)
+
+    plan.checks += deploy_checks(spec)
     layout_ok = all(c.ok for c in plan.checks if c.name in ("world_size", "tp_divides_heads", "moe_ep_divides_tp"))
     if not layout_ok:
         return plan

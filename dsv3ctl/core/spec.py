@@ -16,10 +16,19 @@ import difflib
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dsv3ctl.core.hardware import GPUS
 from dsv3ctl.errors import SpecError
@@ -283,8 +292,10 @@ def _default_access_modes() -> list[AccessMode]:
 class RdmaSpec(_Strict):
     """RDMA device-plugin resource requested per pod (adds the IPC_LOCK capability when enabled)."""
 
-    enabled: bool = Field(True, description="Request an RDMA resource per pod, on by default: TP16 across nodes "
-                                            "over TCP is far slower (off: NCCL_IB_DISABLE=1)")
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Request an RDMA resource per pod. auto: on only for multi-node groups (TP across nodes "
+                            "over TCP is far slower; one node talks over NVLink and needs no RDMA device); "
+                            "false: NCCL_IB_DISABLE=1")
     resource: str = Field("rdma/ib", pattern=r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$",
                           description="Extended resource name: rdma/ib, rdma/rdma_shared_device_a, rdma/hca_shared_devices_a, ...")
     count: int = Field(1, ge=1, le=64, description="How many of the RDMA resource each pod requests")
@@ -315,6 +326,47 @@ class StorageSpec(_Strict):
     mount_path: str = Field("/models", pattern=r"^/", description="Mount path in the pods; launch.model_dir and "
                                                                    "launch.model_repository must lie under it")
     sub_path: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (volumeMount subPath; empty = its root)")
+    artifacts_dir: str = Field(
+        "artifacts", pattern=r"^([^/.][^/]*(/[^/.][^/]*)*)?$",
+        description="Directory under mount_path for content-addressed artifacts: engines, the TensorRT-LLM checkpoint "
+                    "and the Triton repository live in <mount_path>/<artifacts_dir>/<fingerprint>/ (the fingerprint "
+                    "of model, serving, parallelism, hardware and image), so an upgrade writes a new directory and a "
+                    "rollback finds the old one; empty = the fixed launch.* paths")
+
+
+class PrepareSpec(_Strict):
+    """The prepare Job (``dsv3ctl prepare``, run by ``dsv3ctl deploy`` before the group is installed)."""
+
+    enabled: bool = Field(False, description="dsv3ctl deploy runs a prepare Job (download, cast, convert, build, "
+                                             "repository) into the volume before it installs or upgrades the group")
+    timeout_s: int = Field(36000, ge=60, le=7 * 86400,
+                           description="Seconds the prepare Job may run (its activeDeadlineSeconds; deploy waits as long)")
+    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed prepare pod (Job backoffLimit)")
+
+
+_LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY, max_length=316)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
+_VOLUME_SOURCES = ("hostPath", "emptyDir", "secret", "configMap", "persistentVolumeClaim", "csi", "ephemeral",
+                   "projected", "downwardAPI", "nfs", "image")
+
+
+class SecretEnv(_Strict):
+    """One environment variable read from a Secret (``valueFrom.secretKeyRef``)."""
+
+    name: EnvName = Field(description="Variable name")
+    secret: str = Field(pattern=_K8S_NAME, max_length=253, description="Secret name in the release's namespace")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret")
+    optional: bool = Field(False, description="Start the pod when the Secret or key is missing")
+
+
+class VolumeMount(_Strict):
+    """An extra volumeMount of the dsv3 container (Kubernetes core/v1 VolumeMount)."""
+
+    name: str = Field(pattern=_K8S_NAME, max_length=63, description="Name of a volume in deploy.extra_volumes")
+    mountPath: str = Field(pattern=r"^/", description="Where it appears in the container")  # noqa: N815 - k8s name
+    readOnly: bool = False  # noqa: N815 - Kubernetes' field name
+    subPath: str = Field("", pattern=r"^([^/].*)?$", description="Directory of the volume to mount (empty = its root)")  # noqa: N815
 
 
 class DeploySpec(_Strict):
@@ -335,7 +387,21 @@ class DeploySpec(_Strict):
     ssh_secret: str = Field("", description="Existing Secret with ssh-privatekey/ssh-publickey for MPI "
                                             "(empty = the chart creates <release>-dsv3-ssh once and reuses it)")
     cpu: str = Field("16", pattern=_QUANTITY, description="CPU request per pod")
-    memory: str = Field("128Gi", pattern=_QUANTITY, description="Memory request per pod")
+    memory: str = Field("", pattern=_QUANTITY, description="Memory request = limit per pod (Guaranteed memory); "
+                                                        "empty = from the plan: engine/weight bytes per node + "
+                                                        "shm_size + memory_headroom")
+    memory_headroom: str = Field("32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$",
+                                 description="memory='': added to the plan's bytes per node (runtime, Python, buffers)")
+    ephemeral_storage: str = Field("50Gi", pattern=r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)$",
+                                   description="ephemeral-storage request = limit per pod (logs, /tmp, runtime dir)")
+    termination_grace_s: int | None = Field(
+        None, ge=1, le=86400, description="terminationGracePeriodSeconds; null = serving.max_seq_len x "
+                                          "drain_per_token_ms + 30 s, so a request in flight can finish")
+    drain_per_token_ms: float = Field(50.0, gt=0, le=10000, description="Time per generated token assumed when "
+                                                                        "sizing termination_grace_s")
+    service_monitor_labels: dict[LabelKey, str] = Field(
+        default_factory=dict, description="Extra labels on the ServiceMonitor (the Prometheus operator's "
+                                          "serviceMonitorSelector, e.g. release: prometheus)")
     gpu_product_label: str | None = Field(
         None, description="nodeSelector nvidia.com/gpu.product; null = from hardware.gpu, '' = do not select")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra nodeSelector labels")
@@ -343,17 +409,77 @@ class DeploySpec(_Strict):
     tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         description="Pod tolerations")
-    priority_class_name: str = Field("", description="priorityClassName of the pods")
+    priority_class_name: str = Field("", description="priorityClassName of the pods (and the prepare Job)")
+    scheduler_name: str = Field("", description="schedulerName of the pods, e.g. volcano or a Kueue-managed "
+                                                "scheduler; empty = the default scheduler")
+    pod_labels: dict[LabelKey, str] = Field(default_factory=dict, description="Extra labels on the serving pods "
+                                                                              "(e.g. kueue.x-k8s.io/queue-name)")
+    pod_annotations: dict[LabelKey, str] = Field(default_factory=dict, description="Extra annotations on the serving "
+                                                                                   "pods (e.g. Multus networks)")
+    extra_volumes: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra pod volumes (Kubernetes core/v1 Volume objects, each with a name "
+                                          "and one source)")
+    extra_volume_mounts: list[VolumeMount] = Field(default_factory=list, description="Extra mounts of the dsv3 container")
+    env: dict[EnvName, str] = Field(default_factory=dict, description="Extra plain environment variables of the pods")
+    env_from_secrets: list[SecretEnv] = Field(default_factory=list, description="Extra environment variables read from Secrets")
     image_pull_secrets: list[str] = Field(default_factory=list, description="Secret names for image pulls")
     exclusive_topology: str = Field("", description="Topology key for one group per domain (LWS exclusive-topology), e.g. a rack label")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     service_monitor: bool = Field(False, description="Render a prometheus-operator ServiceMonitor for the metrics port")
     network_policy: bool = Field(False, description="Only release pods reach worker SSH/MPI ports; serving ports stay open")
-    pdb: bool = Field(True, description="PodDisruptionBudget keeping replicas-1 whole groups up (none when replicas=1)")
-    prepare_job: bool = Field(False, description="Helm pre-install/pre-upgrade Job that downloads/builds into the volume")
+    max_surge: int | None = Field(
+        None, ge=0, le=1000, description="LWS rolloutStrategy maxSurge: extra groups during an upgrade (each costs "
+                                         "nodes x gpus_per_node GPUs); null = 1 when replicas > 1, else 0")
+    max_unavailable: int = Field(1, ge=0, le=1000, description="LWS rolloutStrategy maxUnavailable: groups that may be "
+                                                              "down during an upgrade (not 0 when maxSurge is 0)")
+    pdb: bool = Field(True, description="PodDisruptionBudget with maxUnavailable 1: evicting one pod recreates its "
+                                        "group, whose pods then count as unavailable, so at most one group is "
+                                        "disrupted at a time (none when replicas=1)")
+    prepare: PrepareSpec = Field(default_factory=PrepareSpec)
     helm_test: bool = Field(True, description="Render the `helm test` Pod that checks readiness through the Service")
     openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
     startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
+
+
+    @field_validator("extra_volumes")
+    @classmethod
+    def _volumes(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import re
+
+        for i, vol in enumerate(v):
+            name = vol.get("name")
+            if not isinstance(name, str) or not re.fullmatch(_K8S_NAME, name) or name in ("models", "dshm", "ssh", "spec"):
+                raise ValueError(f"extra_volumes[{i}] needs a name that is a DNS label and not one the chart uses "
+                                 "(models, dshm, ssh, spec), e.g. {name: cache, emptyDir: {}}")
+            src = [k for k in vol if k != "name"]
+            if len(src) != 1:
+                raise ValueError(f"extra_volumes[{i}] ({name}) needs exactly one volume source "
+                                 f"({', '.join(_VOLUME_SOURCES)}, ...), got {src or 'none'}")
+        return v
+
+    @model_validator(mode="after")
+    def _mounts(self) -> DeploySpec:
+        names = {str(x["name"]) for x in self.extra_volumes}
+        for m in self.extra_volume_mounts:
+            if m.name not in names:
+                raise ValueError(f"extra_volume_mounts: {m.name!r} is not in deploy.extra_volumes "
+                                 f"({', '.join(sorted(names)) or 'none'}); add the volume or remove the mount")
+        return self
+
+    @model_validator(mode="after")
+    def _rollout(self) -> DeploySpec:
+        surge = self.effective_max_surge
+        if surge == 0 and self.max_unavailable == 0:
+            raise ValueError("deploy.max_unavailable=0 with max_surge=0 would never roll a group (LWS refuses it); "
+                             "use max_unavailable=1 or max_surge=1")
+        return self
+
+    @property
+    def effective_max_surge(self) -> int:
+        """``max_surge``, or 1 when replicas > 1 else 0 when it is null."""
+        if self.max_surge is not None:
+            return self.max_surge
+        return 1 if self.replicas > 1 else 0
 
 
 class Spec(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,14 @@ def image_tag(spec: Spec) -> str:
     return spec.image.tag or f"{__version__}-{spec.serving.mode}"
 
 
+def artifact_fingerprint(spec: Spec) -> str:
+    """The fingerprint of the spec's artifacts (:func:`dsv3ctl.render.artifacts.fingerprint` of the image the
+    pods run)."""
+    from dsv3ctl.render.artifacts import fingerprint
+
+    return fingerprint(spec, f"{spec.image.repository}:{image_tag(spec)}")
+
+
 def _check(spec: Spec) -> None:
     from dsv3ctl.core.planner import require_layout
 
@@ -75,6 +84,11 @@ def _check(spec: Spec) -> None:
                             f"so the pods would not see it; use a path under {mount} or change mount_path")
     if spec.serving.frontend == "trtllm-serve" and spec.serving.mode != "llmapi":
         raise SpecError("serving.frontend=trtllm-serve needs serving.mode=llmapi; use frontend=tritonserver or mode=llmapi")
+    from dsv3ctl.core.deploy_rules import deploy_checks
+
+    bad = [c.message for c in deploy_checks(spec) if not c.ok]
+    if bad:
+        raise SpecError("\n".join(bad))
     if d.gpu_product_label is None and spec.hardware.gpu not in GPUS:
         raise SpecError(f"hardware.gpu={spec.hardware.gpu!r} is unknown; use one of {', '.join(GPUS)}")
 
@@ -84,15 +98,27 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
 
     ``namespace``/``release`` override ``deploy.namespace``/``deploy.release`` (CLI flags). Resolved here:
     ``image.tag`` (empty -> ``<version>-<mode>``), ``deploy.gpu_product_label`` (null -> the
-    ``nvidia.com/gpu.product`` value of ``hardware.gpu``), ``launch.rdma`` (= ``deploy.rdma.enabled``).
+    ``nvidia.com/gpu.product`` value of ``hardware.gpu``), ``launch.rdma`` (``deploy.rdma.enabled``, ``auto``
+    resolved by :func:`dsv3ctl.core.deploy_rules.rdma_enabled`), ``deploy.max_surge`` (null -> 1 when
+    replicas > 1, else 0), ``deploy.memory`` (empty -> :func:`dsv3ctl.core.deploy_rules.pod_memory`), ``deploy.termination_grace_s``
+    (null -> :func:`dsv3ctl.core.deploy_rules.termination_grace_s`), and the ``launch.*`` artifact paths
+    (``model_repository``, ``engine_dir``, ``trtllm_checkpoint_dir``) moved into the content-addressed directory
+    of the spec's fingerprint (:mod:`dsv3ctl.render.artifacts`) unless ``deploy.storage.artifacts_dir`` is empty.
     Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring).
     """
+    from dsv3ctl.core.deploy_rules import pod_memory, rdma_enabled, termination_grace_s
+    from dsv3ctl.render.artifacts import artifact_paths
+
     _check(spec)
     values = spec.model_dump(mode="json")
     values["image"]["tag"] = image_tag(spec)
     if spec.deploy.gpu_product_label is None:
         values["deploy"]["gpu_product_label"] = GPUS[spec.hardware.gpu].product_label
-    values["launch"]["rdma"] = spec.deploy.rdma.enabled
+    values["launch"]["rdma"] = rdma_enabled(spec)[0]
+    values["deploy"]["max_surge"] = spec.deploy.effective_max_surge  # no null in the values (Helm 4 drops them)
+    values["deploy"]["memory"] = pod_memory(spec)
+    values["deploy"]["termination_grace_s"] = termination_grace_s(spec)
+    values["launch"].update(artifact_paths(spec, artifact_fingerprint(spec)))
     if namespace:
         values["deploy"]["namespace"] = namespace
     if release:
@@ -120,12 +146,104 @@ def chart_values_schema_text() -> str:
     return json.dumps(chart_values_schema(), indent=2) + "\n"
 
 
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with ``$ref`` followed (its own description kept)."""
+    ref = node.get("$ref")
+    if ref:
+        target = dict(defs[ref.rsplit("/", 1)[-1]])
+        if "description" in node:
+            target["description"] = node["description"]
+        return target
+    return node
+
+
+def _describe(node: dict[str, Any], defs: dict[str, Any]) -> tuple[str, str]:
+    """(type text, description) of a schema property."""
+    node = _resolve(node, defs)
+    alts = node.get("anyOf") or node.get("oneOf")
+    if alts:
+        types = [_describe(a, defs)[0] for a in alts]
+        typ = " or ".join(dict.fromkeys(types))
+    elif "enum" in node:
+        typ = " | ".join(json.dumps(e) for e in node["enum"])
+    elif "const" in node:
+        typ = json.dumps(node["const"])
+    else:
+        typ = str(node.get("type", "object"))
+        if typ == "array" and isinstance(node.get("items"), dict):
+            typ = f"list of {_describe(node['items'], defs)[0]}"
+    return typ, " ".join(str(node.get("description", "")).split())
+
+
+def _rows(schema: dict[str, Any], defs: dict[str, Any], values: Any, prefix: str) -> list[tuple[str, str, str, str]]:
+    out = []
+    for key, prop in (schema.get("properties") or {}).items():
+        node = _resolve(prop, defs)
+        path = f"{prefix}{key}"
+        val = values.get(key) if isinstance(values, dict) else None
+        if node.get("properties"):
+            out += _rows(node, defs, val, path + ".")
+            continue
+        typ, desc = _describe(prop, defs)
+        out.append((path, typ, json.dumps(val), desc))
+    return out
+
+
+def chart_readme_text() -> str:
+    """helm/dsv3/README.md: every value (dotted path, type, default as rendered, description) from the values
+    schema; ``tests/test_chart_schema.py`` fails when the file drifts (DSV3CTL_REGEN=1 regenerates)."""
+    from dsv3ctl.core.spec import load_spec
+
+    schema = chart_values_schema()
+    defs = schema.get("$defs", {})
+    values = render_values(load_spec(None))
+    lines = [
+        "# dsv3 chart",
+        "",
+        "DeepSeek-V3 on Triton Inference Server + TensorRT-LLM across GPU nodes, one LeaderWorkerSet group per model",
+        "instance. The values are the dsv3ctl spec (`dsv3.yaml`): `values.schema.json` is its JSON Schema and",
+        "`values.yaml` the rendered default. Deploy with `dsv3ctl deploy` (preflight, the prepare Job, then",
+        "`helm upgrade --install`); see docs/deploy.md. Defaults below are as `dsv3ctl` renders them (auto fields",
+        "resolved for the default spec).",
+        "",
+        "GENERATED from values.schema.json by `dsv3ctl.render.values.chart_readme_text()`; do not edit by hand.",
+        "",
+        "| value | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for path, typ, default, desc in _rows(schema, defs, values, ""):
+        cell = lambda t: t.replace("|", "\\|")  # noqa: E731
+        lines.append(f"| `{path}` | {cell(typ)} | `{cell(default)}` | {cell(desc)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _commented(values: dict[str, Any], schema: dict[str, Any], defs: dict[str, Any], indent: int) -> list[str]:
+    out: list[str] = []
+    pad = " " * indent
+    for key, val in values.items():
+        prop = (schema.get("properties") or {}).get(key, {})
+        node = _resolve(prop, defs)
+        desc = _describe(prop, defs)[1] if prop else ""
+        if desc:
+            out += [f"{pad}# {line}" for line in textwrap.wrap(desc, width=116 - indent)]
+        if isinstance(val, dict) and val and node.get("properties"):
+            out.append(f"{pad}{key}:")
+            out += _commented(val, node, defs, indent + 2)
+        else:
+            text = yaml.safe_dump({key: val}, sort_keys=False, default_flow_style=False, width=120).rstrip("\n")
+            out += [pad + line for line in text.splitlines()]
+    return out
+
+
 def chart_default_values_yaml() -> str:
-    """The chart's ``values.yaml``: the embedded default spec rendered by :func:`render_values`."""
+    """The chart's ``values.yaml``: the embedded default spec rendered by :func:`render_values`, each key
+    preceded by its schema description as a comment."""
     from dsv3ctl.core.spec import load_spec
 
     head = ("# Chart values = the dsv3ctl spec (dsv3.yaml), rendered from the embedded default spec.\n"
             "# GENERATED by dsv3ctl.render.values.chart_default_values_yaml(); do not edit by hand:\n"
             "# change the spec model and regenerate with DSV3CTL_REGEN=1 pytest tests/test_chart_schema.py.\n"
-            "# Every key is documented in values.schema.json and docs/deploy.md.\n")
-    return head + values_yaml(render_values(load_spec(None)))
+            "# Every key is documented in values.schema.json, README.md and docs/deploy.md.\n")
+    schema = chart_values_schema()
+    body = _commented(render_values(load_spec(None)), schema, schema.get("$defs", {}), 0)
+    return head + "\n".join(body) + "\n"

@@ -24,6 +24,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: dsv3ctl
 {{- end -}}
 
+{{/* Pod-template labels: no chart or app version, so a chart bump does not roll the groups. */}}
+{{- define "dsv3.podLabels" -}}
+{{ include "dsv3.selectorLabels" . }}
+app.kubernetes.io/part-of: dsv3ctl
+{{- end -}}
+
+{{/* deploy.rdma.enabled: true/false as given; auto = on only when the group spans nodes (dsv3ctl plan says why). */}}
+{{- define "dsv3.rdma" -}}
+{{- $e := .Values.deploy.rdma.enabled -}}
+{{- if kindIs "bool" $e -}}{{- if $e -}}true{{- end -}}
+{{- else if gt (int .Values.parallelism.nodes) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The values that reach the pods: the spec with launch.rdma resolved as the templates resolve it. */}}
+{{- define "dsv3.podValues" -}}
+{{- $v := deepCopy .Values -}}
+{{- $_ := set $v.launch "rdma" (eq (include "dsv3.rdma" .) "true") -}}
+{{- toYaml $v -}}
+{{- end -}}
+
+{{/* The pod-template checksum: the spec without the keys that change no pod (group count, rollout, PDB,
+     Service, ServiceMonitor, NetworkPolicy, helm test, prepare Job, names), so scaling or a Service change
+     does not roll the groups. */}}
+{{- define "dsv3.podChecksum" -}}
+{{- $v := include "dsv3.podValues" . | fromYaml -}}
+{{- $_ := set $v "deploy" (omit $v.deploy "replicas" "max_surge" "max_unavailable" "pdb" "service_type" "service_monitor" "network_policy" "helm_test" "prepare" "namespace" "release") -}}
+{{- toJson $v | sha256sum -}}
+{{- end -}}
+
 {{- define "dsv3.image" -}}
 {{- $tag := .Values.image.tag | default (printf "%s-%s" .Chart.AppVersion .Values.serving.mode) -}}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
@@ -95,14 +124,20 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- $v := $.Values -}}
 {{- $d := $v.deploy -}}
 {{- $l := $v.launch -}}
+{{- $rdma := eq (include "dsv3.rdma" $) "true" -}}
+{{- $labels := include "dsv3.podLabels" $ | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $role }}
+{{- $annotations := dict "checksum/spec" (include "dsv3.podChecksum" $) "kubectl.kubernetes.io/default-container" "dsv3" }}
 metadata:
+  {{- /* deploy.pod_labels / pod_annotations first, the chart's own keys win (selectors must keep matching) */}}
   labels:
-    {{- include "dsv3.labels" $ | nindent 4 }}
-    app.kubernetes.io/component: {{ $role }}
+    {{- toYaml (mustMergeOverwrite (deepCopy $d.pod_labels) $labels) | nindent 4 }}
   annotations:
-    checksum/spec: {{ include (print $.Template.BasePath "/configmap.yaml") $ | sha256sum }}
-    kubectl.kubernetes.io/default-container: dsv3
+    {{- toYaml (mustMergeOverwrite (deepCopy $d.pod_annotations) $annotations) | nindent 4 }}
 spec:
+  {{- with $d.scheduler_name }}
+  schedulerName: {{ . }}
+  {{- end }}
   {{- with $d.image_pull_secrets }}
   imagePullSecrets:
     {{- range . }}
@@ -120,7 +155,12 @@ spec:
   priorityClassName: {{ . }}
   {{- end }}
   enableServiceLinks: false
-  terminationGracePeriodSeconds: 60
+  {{- /* the launcher reads nothing from the API: no token in the pods */}}
+  automountServiceAccountToken: false
+  securityContext:
+    seccompProfile: {type: RuntimeDefault}
+  {{- /* deploy.termination_grace_s: resolved by dsv3ctl from serving.max_seq_len x drain_per_token_ms + 30 s */}}
+  terminationGracePeriodSeconds: {{ $d.termination_grace_s | default 60 }}
   {{- $ns := dict -}}
   {{- if $d.gpu_product_label }}{{ $_ := set $ns "nvidia.com/gpu.product" $d.gpu_product_label }}{{ end -}}
   {{- $ns = mustMerge (deepCopy $d.node_selector) $ns }}
@@ -176,13 +216,21 @@ spec:
         - name: UCX_NET_DEVICES
           value: {{ . | quote }}
         {{- end }}
-        {{- if not $d.rdma.enabled }}
+        {{- if not $rdma }}
         - name: NCCL_IB_DISABLE
           value: "1"
         {{- end }}
         {{- range $k, $val := $d.nccl.extra_env }}
         - name: {{ $k }}
           value: {{ $val | quote }}
+        {{- end }}
+        {{- range $k, $val := $d.env }}
+        - name: {{ $k }}
+          value: {{ $val | quote }}
+        {{- end }}
+        {{- range $d.env_from_secrets }}
+        - name: {{ .name }}
+          valueFrom: {secretKeyRef: {name: {{ .secret }}, key: {{ .key | quote }}, optional: {{ .optional }}}}
         {{- end }}
       ports:
         {{- if eq $role "leader" }}
@@ -196,20 +244,25 @@ spec:
         {{- else }}
         - {name: ssh, containerPort: {{ $l.ssh_port }}, protocol: TCP}
         {{- end }}
+      {{- /* memory and ephemeral storage: request = limit (deploy.memory resolved from the plan by dsv3ctl) */}}
+      {{- $mem := $d.memory | default "128Gi" }}
       resources:
         requests:
           cpu: {{ $d.cpu | quote }}
-          memory: {{ $d.memory | quote }}
+          memory: {{ $mem | quote }}
+          ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $d.rdma.enabled }}
+          {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
         limits:
+          memory: {{ $mem | quote }}
+          ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $d.rdma.enabled }}
+          {{- if $rdma }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
-      {{- if $d.rdma.enabled }}
+      {{- if $rdma }}
       securityContext:
         capabilities:
           add: ["IPC_LOCK"]
@@ -251,11 +304,20 @@ spec:
         - {name: dshm, mountPath: /dev/shm}
         - name: models
           mountPath: {{ $d.storage.mount_path }}
+          readOnly: true
           {{- with $d.storage.sub_path }}
           subPath: {{ . }}
           {{- end }}
         - {name: ssh, mountPath: {{ $l.ssh_secret_dir }}, readOnly: true}
         - {name: spec, mountPath: /etc/dsv3ctl/spec, readOnly: true}
+        {{- range $d.extra_volume_mounts }}
+        - name: {{ .name }}
+          mountPath: {{ .mountPath }}
+          readOnly: {{ .readOnly }}
+          {{- with .subPath }}
+          subPath: {{ . }}
+          {{- end }}
+        {{- end }}
   volumes:
     - name: dshm
       emptyDir: {medium: Memory, sizeLimit: {{ $d.shm_size }}}
@@ -269,4 +331,7 @@ spec:
       secret: {secretName: {{ include "dsv3.sshSecretName" $ }}, defaultMode: 0400}
     - name: spec
       configMap: {name: {{ include "dsv3.fullname" $ }}-spec}
+    {{- with $d.extra_volumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}

@@ -1,0 +1,154 @@
+"""Rules of a Kubernetes deployment that need more than one field: RDMA on or off, the storage access modes a
+group can use, how the prepare Job gets GPUs on an upgrade, and what a rolling update costs.
+
+:func:`deploy_checks` returns them as planner checks (``dsv3ctl plan`` prints them; ``render_values`` refuses
+the failed ones with exit 2). :func:`claim_problem` is the access-mode rule, also applied by ``deploy``'s
+preflight to an existing claim's modes read through the API.
+
+Sources:
+- Access modes: only a PersistentVolume with ReadWriteMany or ReadOnlyMany may attach to several nodes
+  (Kubernetes v1.36.3 pkg/volume/util/util.go:595 ``IsMultiAttachAllowed``); otherwise the attach/detach
+  controller reports a Multi-Attach error for the second node (pkg/controller/volume/attachdetach/reconciler/
+  reconciler.go:349-353).
+- RDMA: the RDMA resource carries traffic between nodes; the ranks of a one-node group share one host, so
+  ``auto`` requests it only when the group spans nodes.
+- Rollouts: LWS ``RollingUpdateConfiguration`` maxSurge/maxUnavailable (sigs.k8s.io/lws v0.9.0
+  api/leaderworkerset/v1/leaderworkerset_types.go:282-311; the webhook refuses both 0,
+  pkg/webhooks/leaderworkerset_webhook.go:171).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dsv3ctl.core.spec import Spec
+
+if TYPE_CHECKING:
+    from dsv3ctl.core.planner import Check
+
+SHARED_WRITE = "ReadWriteMany"
+SHARED_READ = ("ReadWriteMany", "ReadOnlyMany")
+
+
+def rdma_enabled(spec: Spec) -> tuple[bool, str]:
+    """(RDMA on?, why): ``deploy.rdma.enabled`` true/false as written, ``auto`` = on only for multi-node groups."""
+    e, nodes = spec.deploy.rdma.enabled, spec.parallelism.nodes
+    if e == "auto":
+        if nodes > 1:
+            return True, (f"deploy.rdma.enabled=auto and parallelism.nodes={nodes}: tensor parallelism crosses nodes, "
+                          f"so each pod requests {spec.deploy.rdma.count} {spec.deploy.rdma.resource}")
+        return False, ("deploy.rdma.enabled=auto and parallelism.nodes=1: the group talks over NVLink inside one "
+                       "node, so no RDMA resource is requested (NCCL_IB_DISABLE=1)")
+    return bool(e), f"deploy.rdma.enabled={str(e).lower()} (set explicitly)"
+
+
+def pods_on_volume(spec: Spec) -> int:
+    """Serving pods that mount the models volume: nodes per group x groups (each on its own node)."""
+    return spec.parallelism.nodes * spec.deploy.replicas
+
+
+def claim_problem(modes: list[str], pods: int, prepare: bool, where: str) -> str | None:
+    """Why a claim with access ``modes`` cannot serve ``pods`` pods on different nodes (and take the prepare
+    Job's writes when ``prepare``), or None. ``where`` names the field or object in the message."""
+    if prepare and pods > 1 and SHARED_WRITE not in modes:
+        return (f"{where}={modes}: the prepare Job writes the volume and {pods} pods on {pods} nodes read it, which "
+                f"needs {SHARED_WRITE} (ReadWriteOnce/ReadWriteOncePod attach to one node: Multi-Attach error); "
+                f"use access_modes [ReadWriteMany] on a StorageClass that offers it (NFS, CephFS, Filestore, "
+                f"EFS, Azure Files), or kind=hostPath (then the prepare Job runs on every GPU node)")
+    if prepare and not ({SHARED_WRITE, "ReadWriteOnce", "ReadWriteOncePod"} & set(modes)):
+        return (f"{where}={modes}: the prepare Job cannot write a ReadOnlyMany claim; add ReadWriteMany, or fill the "
+                f"volume elsewhere and set deploy.prepare.enabled=false")
+    if pods > 1 and not (set(SHARED_READ) & set(modes)):
+        return (f"{where}={modes}: {pods} serving pods on {pods} nodes cannot share a ReadWriteOnce/ReadWriteOncePod "
+                f"volume (it attaches to one node: Multi-Attach error); use ReadOnlyMany or ReadWriteMany, or "
+                f"kind=hostPath")
+    return None
+
+
+def pod_memory(spec: Spec) -> str:
+    """``deploy.memory``, or (empty) the weight bytes per GPU (planner) x gpus_per_node + shm_size +
+    memory_headroom, rounded up to whole GiB; the chart sets request = limit (Guaranteed memory, not evicted
+    first as Burstable)."""
+    import math
+
+    from dsv3ctl.core.model import DeepSeekV3Config
+    from dsv3ctl.core.planner import _weights_per_gpu
+
+    d = spec.deploy
+    if d.memory:
+        return d.memory
+    per_gpu, _ = _weights_per_gpu(spec, DeepSeekV3Config.default())
+    total = per_gpu * spec.parallelism.gpus_per_node + _bytes(d.shm_size) + _bytes(d.memory_headroom)
+    return f"{math.ceil(total / 2**30)}Gi"
+
+
+def _bytes(q: str) -> float:
+    from dsv3ctl.render.values import quantity_bytes  # the one quantity parser (pure)
+
+    return quantity_bytes(q)
+
+
+def termination_grace_s(spec: Spec) -> int:
+    """``deploy.termination_grace_s``, or ``ceil(serving.max_seq_len x drain_per_token_ms / 1000) + 30``: time for
+    the longest request in flight to finish after the pod is told to stop."""
+    import math
+
+    d = spec.deploy
+    if d.termination_grace_s is not None:
+        return d.termination_grace_s
+    return math.ceil(spec.serving.max_seq_len * d.drain_per_token_ms / 1000) + 30
+
+
+def deploy_checks(spec: Spec) -> list[Check]:
+    """Checks named ``rdma``, ``storage``, ``prepare_gpus`` and ``rollout`` (only ``storage`` can fail)."""
+    from dsv3ctl.core.planner import Check
+
+    d, par = spec.deploy, spec.parallelism
+    out: list[Check] = []
+    on, why = rdma_enabled(spec)
+    out.append(Check("rdma", True, ("on: " if on else "off: ") + why, "info"))
+    st, pods = d.storage, pods_on_volume(spec)
+    if st.kind == "newClaim":
+        bad = claim_problem(list(st.access_modes), pods, d.prepare.enabled, "deploy.storage.access_modes")
+        out.append(Check("storage", bad is None, bad or f"new claim {st.access_modes} serves {pods} pod(s)"
+                                                       + (" and the prepare Job" if d.prepare.enabled else "")))
+    elif st.kind == "existingClaim":
+        out.append(Check("storage", True, f"existing claim {st.claim_name or '(unnamed)'}: deploy checks its access "
+                                          f"modes ({pods} pod(s) need "
+                                          + ("ReadWriteMany" if d.prepare.enabled and pods > 1 else
+                                             "ReadOnlyMany or ReadWriteMany" if pods > 1 else "any mode") + ")",
+                         "info"))
+    elif pods > 1:
+        msg = (f"hostPath {st.host_path} on each of {pods} nodes: "
+               + ("the prepare Job runs once on every GPU node (per-node prepare)" if d.prepare.enabled else
+                  "every node must hold the same files (deploy.prepare.enabled=true fills each node)"))
+        out.append(Check("storage", True, msg, "info" if d.prepare.enabled else "warning"))
+    else:
+        out.append(Check("storage", True, f"hostPath {st.host_path} on the group's one node", "info"))
+    if d.prepare.enabled:
+        if spec.serving.mode == "engine":
+            msg = (f"the prepare Job requests {par.gpus_per_node} nvidia.com/gpu (trtllm-build runs on GPUs); on an "
+                   "upgrade it never takes the running group's GPUs: it needs a node with that many free GPUs (a "
+                   "second set of nodes), else deploy refuses, or with --stop-for-prepare stops the group first "
+                   "(no serving until the new group is Ready)")
+        else:
+            msg = "the prepare Job requests no GPUs (llmapi mode: download and repository only)"
+        out.append(Check("prepare_gpus", True, msg, "info"))
+    try:
+        mem = pod_memory(spec)
+    except (ValueError, ZeroDivisionError, KeyError):  # a layout the planner refuses elsewhere
+        mem = d.memory or "?"
+    out.append(Check("resources", True, f"per pod: memory request = limit {mem}"
+                                        + ("" if d.memory else " (weights per node + shm_size + memory_headroom)")
+                                        + f", ephemeral-storage {d.ephemeral_storage}, terminationGracePeriodSeconds "
+                                        f"{termination_grace_s(spec)}"
+                                        + ("" if d.termination_grace_s else f" (max_seq_len {spec.serving.max_seq_len}"
+                                           f" x {d.drain_per_token_ms:g} ms + 30 s)"), "info"))
+    surge = d.effective_max_surge
+    cost = surge * par.nodes * par.gpus_per_node
+    out.append(Check("rollout", True, f"rolling update maxSurge={surge} maxUnavailable={d.max_unavailable}: an upgrade "
+                                      + (f"needs {cost} extra GPUs ({surge} group(s) x {par.nodes} x "
+                                         f"{par.gpus_per_node})" if surge else
+                                         f"takes down up to {d.max_unavailable} group(s) at a time, no extra GPUs"),
+                     "info"))
+    return out
