@@ -106,12 +106,24 @@ GRID = {
     "tp": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64], "pp": [1, 2, 3, 4], "moe_ep": [1, 2, 3, 4, 8, 16, 32],
     "mode": ["engine", "llmapi"], "gpu": ["H100-80GB", "H200", "A100-80GB"], "precision": ["fp8", "bf16"],
 }  # 5 x 5 x 11 x 4 x 7 x 2 x 3 x 2 = 92,400 specs
+# The rules that read the TensorRT-LLM pin and the step size, on pp=1 layouts of every tp above plus tp 5
+# (splits nothing evenly) and 128 (one head per rank: q_b_proj's 192 rows cut a scale block), and every
+# moe_ep above: 13 x 7 x 2 x 2 x 2 x 2 x 3 = 4,368 more specs.
+PIN_GRID = {
+    "tp": [*GRID["tp"], 5, 128], "moe_ep": GRID["moe_ep"], "mode": GRID["mode"], "gpu": ["H200", "A100-80GB"],
+    "precision": GRID["precision"], "commit": ["deepseek", "0321f71e9559906096211de557d0db52d840615a"],
+    "step": [(8192, False), (1024, True), (1024, False)],  # (max_num_tokens, enable_chunked_context)
+}
 
 # DeepSeek-V3's config.json (deepseek-ai/DeepSeek-V3, as in dsv3ctl/data/deepseek_v3_config.json), written out
 # here so the rules below do not read the planner's model object.
 V3 = dict(hidden=7168, layers=61, dense_layers=3, dense_inter=18432, moe_inter=2048, experts=256, shared=1,
           heads=128, q_lora=1536, kv_lora=512, nope=128, rope=64, v_head=128, vocab=129280, top_k=8)
 SM = {"H100-80GB": 90, "H200": 90, "A100-80GB": 80}  # NVIDIA data sheets: Hopper sm_90, Ampere A100 sm_80
+# Engine-mode conversions each TensorRT-LLM source lacks, read in its source: 0321f71e (yingcanw/TensorRT-LLM,
+# examples/deepseek_v3/convert_checkpoint.py:30-145 has no --use_fp8_weights; models/deepseek_v2/config.py:168
+# fp8_format=False) and 130232d9 (NVIDIA/TensorRT-LLM, same parser). The deepseek branch has FP8 since PR #2719.
+PIN_LACKS = {"0321f71e9559906096211de557d0db52d840615a": {"fp8"}, "130232d9e775ed7995914d2acca35b0c73a94e6f": {"fp8"}}
 
 
 def _independent_weight_bytes(tp: int, pp: int, precision: str) -> float:
@@ -155,7 +167,8 @@ def _independent_activation_bytes(tp: int, max_num_tokens: int = 8192, batch: in
             + max_num_tokens * (c["heads"] // tp) * 3 * (c["nope"] + c["rope"]) * 2 + batch * c["vocab"] * 4)
 
 
-def independent_failures(nodes, gpus_per_node, tp, pp, moe_ep, mode, gpu, precision) -> tuple[set[str], float]:
+def independent_failures(nodes, gpus_per_node, tp, pp, moe_ep, mode, gpu, precision, commit="deepseek",
+                         max_num_tokens=8192, max_input_len=2048, chunked=False) -> tuple[set[str], float]:
     """The rules a spec must fail, from the sources, independent of the planner's code:
 
     - ``world_size``: nodes x gpus_per_node = tp x pp (TensorRT-LLM ``Mapping``);
@@ -165,7 +178,21 @@ def independent_failures(nodes, gpus_per_node, tp, pp, moe_ep, mode, gpu, precis
     - ``fp8_sm``: fp8 needs SM >= 89;
     - memory (only sized once the first three hold): ``memory_weights`` weights + activations > GPU memory;
       else ``memory_kv_cache`` when batch x seq_len tokens x 70,272 B x (layers on the GPU / 61) exceed
-      ``kv_cache_free_gpu_mem_fraction`` (0.9) of what is left.
+      ``kv_cache_free_gpu_mem_fraction`` (0.9) of what is left;
+    - engine mode, the pinned TensorRT-LLM source (:data:`PIN_LACKS`): ``trtllm_commit_capability`` when the
+      commit lacks the precision's conversion;
+    - engine mode, the converter's splits (deepseek branch @ 0321f71e ``models/deepseek_v2/convert.py``,
+      ``torch.chunk`` over tp): tp divides q_b_proj's 128 x (128 + 64) rows, kv_b_proj's 128 x (128 + 128)
+      rows, o_proj's 128 x 128 columns, the dense MLP's 18,432 and the shared expert's 1 x 2,048
+      (``tp_split_*``); once moe_ep | tp (moe_tp = tp / moe_ep a whole number): moe_tp divides 2,048
+      (``moe_tp_divides_moe_inter``, ``layers/moe.py``), and ``moe_mixed_tp_ep`` when 1 < moe_ep < tp at a
+      commit whose converter was read (the branch pin only warns);
+    - engine mode, fp8 (128 x 128 ``weight_scale_inv`` blocks, DeepSeek-V3 README_WEIGHTS.md): every split
+      above that divides evenly leaves a multiple of 128 per rank (``fp8_block_*``), and so do the routed
+      experts' 2,048 / moe_tp rows (``fp8_block_routed_experts``);
+    - engine mode on Hopper: ``mla_chunked_context`` when chunked context would be needed
+      (max_num_tokens < max_input_len with enable_chunked_context; NVIDIA/TensorRT-LLM#3486);
+      ``max_num_tokens``: without chunked context a whole prompt (max_input_len) must fit one step.
 
     Returns ``(names, margin)``: ``margin`` is the memory verdict's distance from its threshold as a
     fraction of GPU memory, so that the caller can skip the few specs where two honest estimates may
@@ -188,11 +215,32 @@ def independent_failures(nodes, gpus_per_node, tp, pp, moe_ep, mode, gpu, precis
         fail.add("engine_hopper")
     if precision == "fp8" and SM[gpu] < 89:
         fail.add("fp8_sm")
+    if mode == "engine" and precision in PIN_LACKS.get(commit, set()):
+        fail.add("trtllm_commit_capability")
+    c = V3
+    splits = {"q_b_proj": c["heads"] * (c["nope"] + c["rope"]), "kv_b_proj": c["heads"] * (c["nope"] + c["v_head"]),
+              "o_proj": c["heads"] * c["v_head"], "dense": c["dense_inter"], "shared": c["shared"] * c["moe_inter"]}
+    if mode == "engine":
+        fail |= {f"tp_split_{n}" for n, size in splits.items() if size % tp}
+        if precision == "fp8":
+            fail |= {f"fp8_block_{n}" for n, size in splits.items() if size % tp == 0 and (size // tp) % 128}
+    if mode == "engine" and tp % moe_ep == 0:  # the rules on moe_tp = tp / moe_ep
+        moe_tp = tp // moe_ep
+        if c["moe_inter"] % moe_tp:
+            fail.add("moe_tp_divides_moe_inter")
+        if commit in PIN_LACKS and 1 < moe_ep < tp:  # the converters read at these commits
+            fail.add("moe_mixed_tp_ep")
+        if precision == "fp8" and c["moe_inter"] % moe_tp == 0 and (c["moe_inter"] // moe_tp) % 128:
+            fail.add("fp8_block_routed_experts")
+    if mode == "engine" and SM[gpu] == 90 and chunked and max_num_tokens < max_input_len:
+        fail.add("mla_chunked_context")
+    if not chunked and max_num_tokens < max_input_len:
+        fail.add("max_num_tokens")
     margin = 1.0
     if not fail & {"world_size", "tp_divides_heads", "moe_ep_divides_tp"}:
         mem = GPUS[gpu].memory_bytes
         weights, layers = _independent_weight_bytes(tp, pp, precision)
-        left = mem - weights - _independent_activation_bytes(tp)
+        left = mem - weights - _independent_activation_bytes(tp, max_num_tokens)
         if left <= 0:
             fail.add("memory_weights")
             margin = -left / mem
@@ -207,7 +255,8 @@ def independent_failures(nodes, gpus_per_node, tp, pp, moe_ep, mode, gpu, precis
 
 @pytest.mark.slow
 def test_every_layout_of_the_grid_agrees_with_independent_rules(monkeypatch):
-    """Exact, both ways, over all 92,400 specs of :data:`GRID` (default serving values): the planner
+    """Exact, both ways, over all 92,400 specs of :data:`GRID` (default serving values) and the 4,368 of
+    :data:`PIN_GRID` (two TensorRT-LLM pins, three step sizes): the planner
     refuses a spec exactly when :func:`independent_failures` says it breaks a rule, with exactly those rule
     names, and each refusal names the field (its fixes are checked by the property tests below). A planner that refused everything, or
     accepted everything, or dropped one rule, fails here. Memory verdicts within 0.1 % of the GPU's memory
@@ -233,13 +282,23 @@ def test_every_layout_of_the_grid_agrees_with_independent_rules(monkeypatch):
         return memo[key]
 
     monkeypatch.setattr(planner, "_weights_per_gpu", memo_weights)
-    keys = list(GRID)
+    def layouts():
+        for values in itertools.product(*GRID.values()):
+            yield dict(zip(GRID, values, strict=True))
+        for values in itertools.product(*PIN_GRID.values()):
+            v = dict(zip(PIN_GRID, values, strict=True))
+            v["max_num_tokens"], v["chunked"] = v.pop("step")
+            gpn = 2 if v["tp"] > 64 else 1  # nodes <= 64
+            yield {"nodes": v["tp"] // gpn, "gpus_per_node": gpn, "pp": 1, **v}
+
     agree = close = accepted = 0
     disagreements = []
-    for values in itertools.product(*GRID.values()):
-        v = dict(zip(keys, values, strict=True))
+    for v in layouts():
         sp = spec(parallelism={k: v[k] for k in ("nodes", "gpus_per_node", "tp", "pp", "moe_ep")},
-                  serving={"mode": v["mode"]}, hardware={"gpu": v["gpu"]}, model={"precision": v["precision"]})
+                  serving={"mode": v["mode"], "max_num_tokens": v.get("max_num_tokens", 8192),
+                           "enable_chunked_context": v.get("chunked", False)},
+                  hardware={"gpu": v["gpu"]}, model={"precision": v["precision"]},
+                  image={"trtllm_commit": v.get("commit", "deepseek")})
         p = make_plan(sp, model, suggest=False)  # verdicts only: fixes are searched per refusal (tests below)
         expected, margin = independent_failures(**v)
         got = {c.name for c in p.errors}
@@ -254,7 +313,7 @@ def test_every_layout_of_the_grid_agrees_with_independent_rules(monkeypatch):
         for c in p.errors:
             assert c.name in RULES and c.message, c.message
     assert not disagreements, f"{len(disagreements)} disagreements, first: {disagreements[:5]}"
-    assert agree + close == 92_400 and close < 200, (agree, close)
+    assert agree + close == 92_400 + 4_368 and close < 200, (agree, close)
     assert 100 < accepted < 92_400, accepted
 
 

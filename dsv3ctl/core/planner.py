@@ -514,8 +514,9 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
     fp8 = prec == "fp8"
     known = pin.lookup(spec.image.trtllm_commit)
     verified = known is not None and known.verified_from_source
-    if p.tp < 1 or p.moe_ep < 1 or p.tp % p.moe_ep:
-        return out  # moe_ep_divides_tp already fails
+    # moe_tp = tp / moe_ep exists only when moe_ep divides tp (moe_ep_divides_tp fails otherwise): only the
+    # rules that read moe_tp wait for it; the tp splits and the step size do not depend on it.
+    moe_ok = p.tp % p.moe_ep == 0
     tps = _valid_tp(spec, m)
     alt_tp = (_tp_fix(spec, min(tps, key=lambda t: (abs(t - p.tp), -t)), m, not verified)
               if tps else "model.precision: bf16")
@@ -529,6 +530,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
                 else f"parallelism.tp={p.tp} does not divide the {size} of {name} that the converter splits over tp "
                      f"(deepseek branch convert.py, {where}); use {alt_tp}",
             ))
+    if mode == "engine" and moe_ok:
         mt = p.moe_tp
         ok = m.moe_intermediate % mt == 0
         eps = _valid_moe_ep(spec, m, mixed_ok=not verified)
@@ -553,7 +555,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         if mode == "llmapi" and spec.serving.enable_attention_dp:
             sizes = {k: v for k, v in sizes.items() if k.split(" ")[0] not in ("q_b_proj", "kv_b_proj", "o_proj")}
         bad = [(n, sz) for n, sz in sizes.items() if sz % p.tp == 0 and (sz // p.tp) % FP8_BLOCK]
-        routed = m.moe_intermediate // p.moe_tp if m.moe_intermediate % p.moe_tp == 0 else None
+        routed = m.moe_intermediate // p.moe_tp if moe_ok and m.moe_intermediate % p.moe_tp == 0 else None
         for n, sz in bad:
             out.append(Check(
                 f"fp8_block_{n.split(' ')[0]}", not strict,
