@@ -373,6 +373,7 @@ def test_every_suggested_fix_passes_plan(sections):
     p = make_plan(s)
     for c in p.errors:
         assert c.fixes or "no change" in c.message, c.message
+        assert c.message.count("; use ") == (1 if c.fixes else 0), c.message  # only verified fixes say "use"
         for fix in c.fixes:
             assert fix_text(fix) in c.message
             after = make_plan(apply_fix(s, fix))
@@ -474,8 +475,8 @@ def test_converter_rules_hold_exactly_and_every_fix_passes(tp, ep_i, prec, commi
     for c in checks.values():
         if c.ok:
             continue
-        assert "use " in c.message and "parallelism." in c.message  # names the field and an alternative
-        fix = c.message.rsplit("use ", 1)[1]
+        assert "passes with " in c.message and "parallelism." in c.message  # names the field and an alternative
+        fix = c.message.rsplit("passes with ", 1)[1]
         if "parallelism." not in fix:
             continue  # model.precision: bf16 (only when no tp works for fp8)
         fixed = _apply(spec, fix)
@@ -499,7 +500,7 @@ def test_mla_chunked_context_on_hopper(mil, mnt, mode, gpu):
     assert (c is not None) == (hopper and mnt < mil)
     if c is not None:
         assert c.ok == (mode != "engine") and "#3486" in c.message
-        fixed = _apply(spec, c.message.rsplit("use ", 1)[1])
+        fixed = _apply(spec, c.message.rsplit("passes with ", 1)[1])
         assert not [x for x in converter_shape_checks(fixed, C.default()) if x.name == "mla_chunked_context"]
 
 

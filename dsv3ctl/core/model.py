@@ -72,6 +72,8 @@ class TensorSpec:
         return self.numel * DTYPE_BYTES[self.dtype]
 
 
+_DEFAULT: DeepSeekV3Config | None = None
+
 class DeepSeekV3Config:
     """A parsed config.json of the DeepSeek-V3 family. Raises SpecError when a key is missing or the
     architecture is not DeepseekV3ForCausalLM."""
@@ -123,9 +125,13 @@ class DeepSeekV3Config:
 
     @classmethod
     def default(cls) -> DeepSeekV3Config:
-        """The real deepseek-ai/DeepSeek-V3 config.json, embedded in the package."""
-        text = resources.files("dsv3ctl.data").joinpath("deepseek_v3_config.json").read_text(encoding="utf-8")
-        return cls(json.loads(text), "deepseek-ai/DeepSeek-V3 config.json (embedded)")
+        """The real deepseek-ai/DeepSeek-V3 config.json, embedded in the package. One shared instance (read
+        only): the planner memoizes per-model sums by identity, and the fix search re-plans many layouts."""
+        global _DEFAULT
+        if _DEFAULT is None or type(_DEFAULT) is not cls:
+            text = resources.files("dsv3ctl.data").joinpath("deepseek_v3_config.json").read_text(encoding="utf-8")
+            _DEFAULT = cls(json.loads(text), "deepseek-ai/DeepSeek-V3 config.json (embedded)")
+        return _DEFAULT
 
     # ------------------------------------------------------------------------------ structure
     def is_moe_layer(self, i: int) -> bool:

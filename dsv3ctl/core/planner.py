@@ -407,7 +407,7 @@ def trtllm_pin_checks(spec: Spec) -> list[Check]:
         return [Check(
             "trtllm_commit_capability", False,
             f"image.trtllm_commit={im.trtllm_commit[:12]} cannot convert model.precision={prec} in engine mode: it "
-            f"lacks {', '.join(sorted(lack))} ({(known.provenance[0] if known else '')}); use {alt}{others}",
+            f"lacks {', '.join(sorted(lack))} ({(known.provenance[0] if known else '')}); this rule passes with {alt}{others}",
         )]
     if known is None:
         return [Check("trtllm_commit_capability", True,
@@ -528,7 +528,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
                 f"tp_split_{name.split(' ')[0]}", ok,
                 f"{name}: {size} / tp={p.tp} = {size // p.tp if ok else size / p.tp:g} per rank ({where})" if ok
                 else f"parallelism.tp={p.tp} does not divide the {size} of {name} that the converter splits over tp "
-                     f"(deepseek branch convert.py, {where}); use {alt_tp}",
+                     f"(deepseek branch convert.py, {where}); this rule passes with {alt_tp}",
             ))
     if mode == "engine" and moe_ok:
         mt = p.moe_tp
@@ -539,15 +539,15 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
             "moe_tp_divides_moe_inter", ok,
             f"moe_intermediate_size {m.moe_intermediate} / moe_tp={mt} per rank (layers/moe.py:464)" if ok
             else f"parallelism.moe_ep={p.moe_ep} gives moe_tp={mt}, which does not divide moe_intermediate_size="
-                 f"{m.moe_intermediate} (tensorrt_llm/layers/moe.py:460 raises); use {alt_ep}",
+                 f"{m.moe_intermediate} (tensorrt_llm/layers/moe.py:460 raises); this rule passes with {alt_ep}",
         ))
         mixed = p.moe_ep not in (1, p.tp)
         if mixed:
             msg = (f"parallelism.moe_ep={p.moe_ep} with moe_tp={mt}: the converter at 0321f71e cuts routed experts "
                    f"into tp={p.tp} pieces (convert.py:297-308) but the MoE layer expects "
-                   f"{m.moe_intermediate}/moe_tp={m.moe_intermediate // mt} (layers/moe.py:464); use {alt_ep}")
+                   f"{m.moe_intermediate}/moe_tp={m.moe_intermediate // mt} (layers/moe.py:464); this rule passes with {alt_ep}")
             out.append(Check("moe_mixed_tp_ep", not verified, msg if verified else msg.replace(
-                "; use", " (the branch pin's converter was not read; check the converted shapes) - or use"),
+                "; this rule passes with", " (the branch pin's converter was not read; check the converted shapes) - or it passes with"),
                 "error" if verified else "warning"))
     if fp8:
         strict = mode == "engine"
@@ -561,7 +561,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
                 f"fp8_block_{n.split(' ')[0]}", not strict,
                 f"model.precision=fp8: {n} gives {sz // p.tp} rows per rank at tp={p.tp}, not a multiple of the "
                 f"{FP8_BLOCK}x{FP8_BLOCK} scale block (README_WEIGHTS.md), so a rank's slice would cut a scale "
-                f"block; use {alt_tp} or model.precision: bf16 (`dsv3ctl weights cast-bf16`)",
+                f"block; this rule passes with {alt_tp} or model.precision: bf16 (`dsv3ctl weights cast-bf16`)",
                 "error" if strict else "warning"))
         if routed is not None and routed % FP8_BLOCK:
             eps = _valid_moe_ep(spec, m, mixed_ok=not verified)
@@ -570,7 +570,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
             out.append(Check(
                 "fp8_block_routed_experts", not strict,
                 f"model.precision=fp8: routed experts give {routed} intermediate rows per rank at moe_tp={p.moe_tp}, "
-                f"not a multiple of the {FP8_BLOCK}-element scale block; use {alt}",
+                f"not a multiple of the {FP8_BLOCK}-element scale block; this rule passes with {alt}",
                 "error" if strict else "warning"))
     if mode == "engine":
         out.append(Check("mla_ranks", True, f"q_lora_rank={m.q_lora_rank} and kv_lora_rank={m.kv_lora_rank} are not "
@@ -581,7 +581,7 @@ def converter_shape_checks(spec: Spec, m: DeepSeekV3Config) -> list[Check]:
         out.append(Check(
             "mla_chunked_context", not strict,
             f"serving.max_num_tokens={s.max_num_tokens} < max_input_len={s.max_input_len} relies on chunked context, "
-            f"which MLA does not support on Hopper ({gpu.name}; NVIDIA/TensorRT-LLM#3486); use "
+            f"which MLA does not support on Hopper ({gpu.name}; NVIDIA/TensorRT-LLM#3486); this rule passes with "
             f"max_num_tokens={s.max_input_len}",
             "error" if strict else "warning"))
     return out
@@ -687,6 +687,12 @@ def _candidates(spec: Spec, plan: Plan, check: Check, m: DeepSeekV3Config) -> li
         return [{"parallelism.moe_ep": d} for d in eps if d != p.moe_ep] + _layouts(spec, m)
     if name in ("world_size", "tp_divides_heads"):
         return _layouts(spec, m)
+    if name == "trtllm_commit_capability":
+        from dsv3ctl.core import trtllm_pin as pin
+
+        refs = pin.good_refs(pin.needs(spec.model.precision, s.mode))
+        return ([{"image.trtllm_commit": r} for r in refs] + [{"serving.mode": "llmapi"}]
+                + [{"model.precision": "bf16"}] * (spec.model.precision != "bf16"))
     if name == "engine_pp":
         return _layouts(spec, m) + [{"serving.mode": "llmapi"}]
     if name == "engine_hopper":
