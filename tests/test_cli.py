@@ -132,3 +132,21 @@ def test_help_shows_no_type_after_flags(run_cli, monkeypatch):
     for n in names:
         r = run_cli(*n, "--help")
         assert r.code == 0 and "<bool>" not in r.out, (n, r.out)
+
+
+@pytest.mark.parametrize("cmd, sentence", [
+    (["plan"], "each failure names the field, the rule and a valid alternative"),
+    (["prepare"], "The artifacts go to {mount_path}/{artifacts_dir}/{fingerprint}/"),
+    (["infer"], "HTTP uses /v2/models/{m}/generate_stream"),
+])
+def test_help_reflows_sentences_and_keeps_placeholders(cmd, sentence):
+    """A docstring's paragraph is reflowed to the terminal width (no break where the source line ended) and
+    placeholders survive the markdown rendering."""
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "dsv3ctl", *cmd, "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "400", "TERM": "dumb"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    flat = " ".join(r.stdout.split())
+    assert sentence in flat, r.stdout
+    assert any(sentence in line for line in r.stdout.splitlines()), r.stdout  # one line at 400 columns

@@ -34,6 +34,7 @@ app = typer.Typer(
     help="Deploy DeepSeek-V3 on Triton + TensorRT-LLM across GPU nodes, from one spec file (dsv3.yaml).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs of a docstring reflow to the terminal (rich mode keeps its line breaks)
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

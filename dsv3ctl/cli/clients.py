@@ -165,7 +165,7 @@ def infer(
 ) -> None:
     """Send one prompt to the model and print the completion (streamed as tokens arrive).
 
-    gRPC streams through Triton's decoupled ModelStreamInfer; HTTP uses /v2/models/<m>/generate_stream (server-sent events) or /generate with --no-stream. A server error mid-stream ends the request with the server's text (exit 1); the text received so far is kept. JSON: {model, kind, protocol, url, streamed, text, responses, timing: {ttft_ms, e2e_ms}, error}.
+    gRPC streams through Triton's decoupled ModelStreamInfer; HTTP uses /v2/models/{m}/generate_stream (server-sent events) or /generate with --no-stream. A server error mid-stream ends the request with the server's text (exit 1); the text received so far is kept. JSON: {model, kind, protocol, url, streamed, text, responses, timing: {ttft_ms, e2e_ms}, error}.
     """
     import asyncio
 

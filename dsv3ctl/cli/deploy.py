@@ -67,7 +67,7 @@ def render(
 ) -> None:
     """Spec -> chart values (values.yaml) -> `helm template` -> one file per object in OUT.
 
-    Files: OUT/values.yaml and OUT/NN-<kind>-<name>.yaml (NN = helm's order). Earlier manifest files in OUT are replaced. No cluster is contacted (lookup is empty, so the SSH Secret gets a fresh key). Exit 2 when the chart cannot deploy the spec.
+    Files: OUT/values.yaml and OUT/NN-{kind}-{name}.yaml (NN = helm's order). Earlier manifest files in OUT are replaced. No cluster is contacted (lookup is empty, so the SSH Secret gets a fresh key). Exit 2 when the chart cannot deploy the spec.
     """
     import yaml
 

@@ -41,7 +41,7 @@ def fabric_check(
     """All-reduce over a world of ranks; read what NCCL chose and the bus bandwidth per size; judge it.
 
     Exit 0 for ok or warn, 1 when the verdict is fail, 2 for bad options. -o json prints the result document
-    (also written to <runtime-dir>/fabric-check.json): status, problems [{code, message, fix}], sizes [{bytes,
+    (also written to {runtime-dir}/fabric-check.json): status, problems [{code, message, fix}], sizes [{bytes,
     time_s, algbw_gbs, busbw_gbs}], nccl {nccl_version, ranks}.
     """
     from dsv3ctl.adapters import fabric as FC

@@ -96,7 +96,7 @@ def resolve_branch(repo: str, ref: str, timeout_s: float = 60.0) -> str:
 def build(
     spec: SpecOpt = None,
     target: Annotated[str | None, typer.Option("--target", help="llmapi | engine (default: serving.mode).")] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="A tag (0.1.0-engine) or a full reference (registry.example.com/dsv3ctl:0.1.0-engine); default image.repository:image.tag, or <version>-<target> as the tag. deploy pulls image.repository:image.tag of the spec, not this.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="A tag (0.1.0-engine) or a full reference (registry.example.com/dsv3ctl:0.1.0-engine); default image.repository:image.tag, or {version}-{target} as the tag. deploy pulls image.repository:image.tag of the spec, not this.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image after building.")] = False,
     builder: Annotated[str | None, typer.Option("--builder", help="docker | podman | buildah (default image.builder: "
                                                                   "auto = docker buildx, else podman, else buildah).")] = None,

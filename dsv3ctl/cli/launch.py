@@ -19,7 +19,7 @@ launch_app = typer.Typer(name="launch", help="In-container launcher: leader (mpi
                          no_args_is_help=True)
 
 LeaderAddrOpt = Annotated[str | None, typer.Option("--leader-address", envvar="LWS_LEADER_ADDRESS", show_envvar=True,
-                                                   help="<lws>-<group>.<lws>.<namespace>; workers are derived from it.")]
+                                                   help="{lws}-{group}.{lws}.{namespace}; workers are derived from it.")]
 GroupSizeOpt = Annotated[int | None, typer.Option("--group-size", envvar="LWS_GROUP_SIZE", show_envvar=True,
                                                   help="Pods in the group (leader included); default parallelism.nodes.")]
 WorkerIndexOpt = Annotated[int | None, typer.Option("--worker-index", envvar="LWS_WORKER_INDEX", show_envvar=True,

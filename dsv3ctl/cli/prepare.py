@@ -54,7 +54,7 @@ def prepare(
 ) -> None:
     """Create the prepare Job for the spec's artifact fingerprint and wait until it succeeds (or, with --purge, remove the other fingerprints' directories).
 
-    The artifacts go to <mount_path>/<artifacts_dir>/<fingerprint>/ (see docs/deploy.md); a Job of the same fingerprint that already succeeded means the directory is complete, and nothing is created. Before anything is created: the storage access-mode rules, and in engine mode that the Job's GPUs are free without taking the running group's (else exit 2, or --stop-for-prepare).
+    The artifacts go to {mount_path}/{artifacts_dir}/{fingerprint}/ (see docs/deploy.md); a Job of the same fingerprint that already succeeded means the directory is complete, and nothing is created. Before anything is created: the storage access-mode rules, and in engine mode that the Job's GPUs are free without taking the running group's (else exit 2, or --stop-for-prepare).
     """
     from dsv3ctl.adapters.kube import Kube
     from dsv3ctl.render.artifacts import artifact_dir
