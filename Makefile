@@ -16,7 +16,8 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,lint]'
+	@# setuptools' BuildBackendWarning about editable installs is advice for package authors, not for users
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -c constraints.txt -e '.[test,lint]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install dsv3ctl with test and lint extras (pinned by constraints.txt)
