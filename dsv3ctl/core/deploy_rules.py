@@ -19,6 +19,7 @@ Sources:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from dsv3ctl.core.spec import Spec
@@ -144,6 +145,7 @@ def deploy_checks(spec: Spec) -> list[Check]:
                                         f"{termination_grace_s(spec)}"
                                         + ("" if d.termination_grace_s else f" (max_seq_len {spec.serving.max_seq_len}"
                                            f" x {d.drain_per_token_ms:g} ms + 30 s)"), "info"))
+    out += pod_config_checks(spec)
     surge = d.effective_max_surge
     cost = surge * par.nodes * par.gpus_per_node
     out.append(Check("rollout", True, f"rolling update maxSurge={surge} maxUnavailable={d.max_unavailable}: an upgrade "
@@ -151,4 +153,50 @@ def deploy_checks(spec: Spec) -> list[Check]:
                                          f"{par.gpus_per_node})" if surge else
                                          f"takes down up to {d.max_unavailable} group(s) at a time, no extra GPUs"),
                      "info"))
+    return out
+
+
+def pod_config_checks(spec: Spec) -> list[Check]:
+    """The rules the chart's pods need beyond the layout, as failed planner checks (none when all hold), so
+    ``dsv3ctl plan`` refuses what ``render`` and the chart's ``dsv3.validate`` guard refuse (exit 2 before
+    helm runs). Names: ``storage_claim_name``, ``shm_size``, ``launch_paths``, ``frontend_mode``, ``ports``.
+
+    - ``shm_size``: the launcher's preflight refuses a /dev/shm smaller than ``launch.shm_min_gib``
+      (:mod:`dsv3ctl.launch.preflight`), and the chart's dshm emptyDir has ``sizeLimit: deploy.shm_size``.
+    - ``launch_paths``: the pods see the storage volume only at ``deploy.storage.mount_path``.
+    - ``frontend_mode``: trtllm-serve serves the PyTorch backend only (llmapi mode).
+    - ``ports``: every pod's sshd (``launch.ssh_port``) and the serving ports share the pod's network
+      namespace, so they must all differ.
+    """
+    from dsv3ctl.core.planner import Check
+
+    d, launch, out = spec.deploy, spec.launch, []
+    st = d.storage
+    if st.kind == "existingClaim" and not st.claim_name:
+        out.append(Check("storage_claim_name", False, "deploy.storage.kind=existingClaim needs "
+                                                      "deploy.storage.claim_name (the PVC's name)"))
+    if _bytes(d.shm_size) < launch.shm_min_gib * 2**30:
+        need = max(1, math.ceil(launch.shm_min_gib))
+        out.append(Check("shm_size", False, f"deploy.shm_size={d.shm_size} is below launch.shm_min_gib="
+                                            f"{launch.shm_min_gib:g} GiB, so the launcher's preflight would refuse "
+                                            f"to start; this rule passes with deploy.shm_size={need}Gi or more"))
+    mount = st.mount_path.rstrip("/") + "/"
+    for name in ("model_repository", "model_dir"):
+        path = getattr(launch, name)
+        if path and not (path + "/").startswith(mount):
+            out.append(Check("launch_paths", False, f"launch.{name}={path!r} is not under deploy.storage.mount_path="
+                                                    f"{st.mount_path!r}, so the pods would not see it"))
+    if spec.serving.frontend == "trtllm-serve" and spec.serving.mode != "llmapi":
+        out.append(Check("frontend_mode", False, "serving.frontend=trtllm-serve needs serving.mode=llmapi "
+                                                 "(trtllm-serve runs the PyTorch backend, not TensorRT engines)"))
+    ports = {"launch.ssh_port": launch.ssh_port, "launch.http_port": launch.http_port,
+             "launch.grpc_port": launch.grpc_port, "launch.metrics_port": launch.metrics_port,
+             "deploy.openai_port": d.openai_port}
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            out.append(Check("ports", False, f"{key}={port} is also {seen[port]}: the pod's sshd and serving ports "
+                                             "share one network namespace and must all differ"))
+        else:
+            seen[port] = key
     return out

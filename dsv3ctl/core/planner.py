@@ -687,6 +687,28 @@ def _candidates(spec: Spec, plan: Plan, check: Check, m: DeepSeekV3Config) -> li
         return [{"parallelism.moe_ep": d} for d in eps if d != p.moe_ep] + _layouts(spec, m)
     if name in ("world_size", "tp_divides_heads"):
         return _layouts(spec, m)
+    if name == "storage_claim_name":
+        return [{"deploy.storage.kind": "newClaim"}, {"deploy.storage.kind": "hostPath"}]
+    if name == "shm_size":
+        import math
+
+        return [{"deploy.shm_size": f"{max(1, math.ceil(spec.launch.shm_min_gib))}Gi"}, {"deploy.shm_size": "64Gi"}]
+    if name == "launch_paths":
+        mount = spec.deploy.storage.mount_path.rstrip("/")
+        return [{"launch.model_repository": f"{mount}/triton_model_repo", "launch.model_dir": f"{mount}/hf"},
+                {"deploy.storage.mount_path": "/models", "launch.model_repository": "/models/triton_model_repo",
+                 "launch.model_dir": "/models/hf"}]
+    if name == "frontend_mode":
+        return [{"serving.frontend": "tritonserver"}, {"serving.mode": "llmapi"}]
+    if name == "ports":
+        la, used = spec.launch, {spec.launch.http_port, spec.launch.grpc_port, spec.launch.metrics_port,
+                                 spec.deploy.openai_port}
+        ssh = next(x for x in range(2222, 65536) if x not in used)
+        defaults = {"launch.http_port": 8000, "launch.grpc_port": 8001, "launch.metrics_port": 8002,
+                    "deploy.openai_port": 8080, "launch.ssh_port": 2222}
+        reset = {k: v for k, v in defaults.items()
+                 if getattr(la if k.startswith("launch.") else spec.deploy, k.split(".")[1]) != v}
+        return [{"launch.ssh_port": ssh}, reset] if reset else [{"launch.ssh_port": ssh}]
     if name == "trtllm_commit_capability":
         from dsv3ctl.core import trtllm_pin as pin
 

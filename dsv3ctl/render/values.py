@@ -65,35 +65,20 @@ def artifact_fingerprint(spec: Spec) -> str:
 
 
 def _check(spec: Spec) -> None:
+    """Refuse (SpecError, exit 2) a spec the chart cannot deploy: the planner's layout checks and its deploy
+    rules (:func:`dsv3ctl.core.deploy_rules.deploy_checks`); ``dsv3ctl plan`` runs the same checks, so it
+    refuses everything this refuses."""
+    from dsv3ctl.core.deploy_rules import deploy_checks
     from dsv3ctl.core.planner import require_layout
 
     require_layout(spec, "the chart cannot deploy")
-    d, launch = spec.deploy, spec.launch
-    if d.storage.kind == "existingClaim" and not d.storage.claim_name:
-        raise SpecError("deploy.storage.claim_name is empty but deploy.storage.kind=existingClaim needs the PVC's name; "
-                        "set claim_name, or use kind=newClaim / kind=hostPath")
-    shm = quantity_bytes(d.shm_size)
-    if shm < launch.shm_min_gib * 2**30:
-        raise SpecError(f"deploy.shm_size={d.shm_size} is below launch.shm_min_gib={launch.shm_min_gib} GiB, so the "
-                        f"launcher's preflight would refuse to start; use shm_size={int(launch.shm_min_gib) or 1}Gi or more")
-    mount = d.storage.mount_path.rstrip("/") + "/"
-    for name in ("model_repository", "model_dir"):
-        path = getattr(launch, name)
-        if path and not (path + "/").startswith(mount):
-            raise SpecError(f"launch.{name}={path!r} is not under deploy.storage.mount_path={d.storage.mount_path!r}, "
-                            f"so the pods would not see it; use a path under {mount} or change mount_path")
-    if spec.serving.frontend == "trtllm-serve" and spec.serving.mode != "llmapi":
-        raise SpecError("serving.frontend=trtllm-serve needs serving.mode=llmapi; use frontend=tritonserver or mode=llmapi")
-    from dsv3ctl.core.deploy_rules import deploy_checks
-
     bad = [c.message for c in deploy_checks(spec) if not c.ok]
     if bad:
-        raise SpecError("\n".join(bad))
-    if d.gpu_product_label is None and spec.hardware.gpu not in GPUS:
-        raise SpecError(f"hardware.gpu={spec.hardware.gpu!r} is unknown; use one of {', '.join(GPUS)}")
+        raise SpecError("\n".join(bad), hint=f"`{spec.command('plan')}` shows every check")
 
 
-def render_values(spec: Spec, namespace: str | None = None, release: str | None = None) -> dict[str, Any]:
+def render_values(spec: Spec, namespace: str | None = None, release: str | None = None, *,
+                  check: bool = True) -> dict[str, Any]:
     """Chart values for ``spec`` (a JSON-compatible dict that ``values.schema.json`` accepts).
 
     ``namespace``/``release`` override ``deploy.namespace``/``deploy.release`` (CLI flags). Resolved here:
@@ -104,12 +89,14 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
     (null -> :func:`dsv3ctl.core.deploy_rules.termination_grace_s`), and the ``launch.*`` artifact paths
     (``model_repository``, ``engine_dir``, ``trtllm_checkpoint_dir``) moved into the content-addressed directory
     of the spec's fingerprint (:mod:`dsv3ctl.render.artifacts`) unless ``deploy.storage.artifacts_dir`` is empty.
-    Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring).
+    Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring);
+    ``check=False`` skips that (for tests of the chart's own guards, which must refuse at least as much).
     """
     from dsv3ctl.core.deploy_rules import pod_memory, rdma_enabled, termination_grace_s
     from dsv3ctl.render.artifacts import artifact_paths
 
-    _check(spec)
+    if check:
+        _check(spec)
     values = spec.model_dump(mode="json")
     values["image"]["tag"] = image_tag(spec)
     if spec.deploy.gpu_product_label is None:
