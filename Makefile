@@ -29,7 +29,7 @@ lint: $(STAMP) ## ruff and mypy
 tools: ## build (or reuse from the cache) the pinned local-cluster tools from the Go module proxy
 	@tools/build.sh
 
-test: $(STAMP) sys-deps tools ## run every test (apt test deps, builds the cluster tools on a cold machine; cluster and netns tests run for real)
+test: $(STAMP) sys-deps tools kserve-venv ## run every test (apt test deps, builds the cluster tools on a cold machine; cluster and netns tests run for real)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) ## unit tests only (no cluster, no network namespaces)
@@ -42,6 +42,16 @@ demo-down: ## remove what `make demo` made: the release, the local cluster and .
 	-@$(BIN)/python -m dsv3ctl.adapters.testbed status >/dev/null 2>&1 && eval "$$($(BIN)/python -m dsv3ctl.adapters.testbed env)" && $(BIN)/dsv3ctl undeploy || true
 	@$(BIN)/python -m dsv3ctl.adapters.testbed down
 	rm -rf .run/demo
+
+# KServe's own v2 server: an independent implementation of Triton's protocol that `dsv3ctl health` is
+# cross-checked against (tests/independent/kserve_v2_server.py); its own venv, out of the project's (~450 MB).
+KSERVE_VENV := $(HOME)/.cache/dsv3ctl/kserve-venv
+.PHONY: kserve-venv
+kserve-venv: $(KSERVE_VENV)/.installed ## the venv with kserve==0.21.0 the protocol cross-check runs in
+$(KSERVE_VENV)/.installed:
+	@test -d $(KSERVE_VENV) || $(PY) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install -q kserve==0.21.0
+	@touch $@
 
 # ---- image, launcher and Slurm ----
 .PHONY: sys-deps
