@@ -152,3 +152,15 @@ def test_status_table_keeps_long_pod_names_when_piped(run_cli, monkeypatch):
     assert r.code == 0, r.err
     assert long in r.out and "gpu-node-with-a-long-name-17" in r.out and "…" not in r.out, r.out
     assert "kubectl -n ns port-forward svc/r-dsv3-api 8000:8000 8001:8001" in r.out
+
+
+def test_pod_security_level_follows_the_baseline_rules():
+    from dsv3ctl.core.deploy_rules import pod_security_level
+
+    base = {"rdma": False, "storage_kind": "newClaim", "host_network": False, "host_ipc": False, "extra_volumes": []}
+    assert pod_security_level(**base) == ("baseline", [])
+    for change, needle in [({"rdma": True}, "IPC_LOCK"), ({"storage_kind": "hostPath"}, "hostPath"),
+                           ({"host_network": True}, "hostNetwork"), ({"host_ipc": True}, "hostIPC"),
+                           ({"extra_volumes": [{"name": "x", "hostPath": {"path": "/x"}}]}, "extra_volumes")]:
+        level, why = pod_security_level(**{**base, **change})
+        assert level == "privileged" and len(why) == 1 and needle in why[0], (change, why)

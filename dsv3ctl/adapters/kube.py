@@ -383,6 +383,16 @@ def gpu_holders(kube: Kube, nodes: set[str], skip: tuple[str, str] | None = None
     return out, ""
 
 
+def values_pod_security(values: dict[str, Any]) -> tuple[str, list[str]]:
+    """:func:`dsv3ctl.core.deploy_rules.pod_security_level` of rendered chart values."""
+    from dsv3ctl.core.deploy_rules import pod_security_level
+
+    d = values["deploy"]
+    return pod_security_level(rdma=bool(values["launch"]["rdma"]), storage_kind=d["storage"]["kind"],
+                              host_network=bool(d["host_network"]), host_ipc=bool(d["host_ipc"]),
+                              extra_volumes=list(d["extra_volumes"]))
+
+
 def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_namespace: bool = False) -> list[Check]:
     """Everything ``deploy`` checks through the API before touching the cluster.
 
@@ -479,15 +489,29 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
                                            "that is a dsv3 release)" if rels else "")
                     + ", or deploy with --skip-preflight: the pods then stay Pending until GPUs are free")
     checks.append(Check("gpu_nodes", ok, msg))
+    from dsv3ctl.core.deploy_rules import PSA_ENFORCE_LABEL, stricter
+
+    level, why = values_pod_security(values)
     try:
-        kube.core.read_namespace(namespace)
+        ns_obj = kube.core.read_namespace(namespace)
         checks.append(Check("namespace", True, f"namespace {namespace} exists", "info"))
         ns_exists = True
+        enforce = ((ns_obj.metadata.labels if ns_obj.metadata else None) or {}).get(PSA_ENFORCE_LABEL)
+        if enforce and stricter(enforce, level):
+            checks.append(Check("pod_security", False, f"namespace {namespace} enforces Pod Security level {enforce} "
+                                f"({PSA_ENFORCE_LABEL}), but the pods need {level}: {'; '.join(why)}; label it "
+                                f"`kubectl label namespace {namespace} {PSA_ENFORCE_LABEL}={level} --overwrite`, or "
+                                "change the spec keys named"))
+        else:
+            checks.append(Check("pod_security", True, f"namespace {namespace} "
+                                + (f"enforces {enforce}" if enforce else "has no enforce label (the cluster's "
+                                   "default level applies)") + f"; the pods need {level}", "info"))
     except ApiException as e:
         if e.status != 404:
             raise
         ns_exists = False
-        checks.append(Check("namespace", create_namespace, f"namespace {namespace} will be created" if create_namespace
+        checks.append(Check("namespace", create_namespace,
+                            f"namespace {namespace} will be created with {PSA_ENFORCE_LABEL}={level}" if create_namespace
                             else f"namespace {namespace} does not exist; pass --create-namespace or "
                                  f"`kubectl create namespace {namespace}`", "info" if create_namespace else "error"))
 

@@ -100,13 +100,23 @@ def ensure_claim(kube: Kube, values: dict[str, Any], namespace: str, log: Log) -
         log(f"created PVC {namespace}/{name} (kept on undeploy; the release adopts it)")
 
 
-def ensure_namespace(kube: Kube, namespace: str, create: bool, log: Log) -> None:
+def namespace_labels(values: dict[str, Any]) -> dict[str, str]:
+    """Labels of a namespace dsv3ctl creates: the Pod Security level the release's pods need."""
+    from dsv3ctl.adapters.kube import values_pod_security
+    from dsv3ctl.core.deploy_rules import PSA_ENFORCE_LABEL
+
+    return {PSA_ENFORCE_LABEL: values_pod_security(values)[0]}
+
+
+def ensure_namespace(kube: Kube, namespace: str, create: bool, log: Log,
+                     labels: dict[str, str] | None = None) -> None:
+    """Create ``namespace`` (with ``labels``) when it is missing and ``create``; SpecError when missing and not."""
     if _exists(lambda: kube.core.read_namespace(namespace)) is not None:
         return
     if not create:
         raise SpecError(f"namespace {namespace} does not exist", hint="pass --create-namespace")
-    kube.core.create_namespace(_body({"metadata": {"name": namespace}}))
-    log(f"created namespace {namespace}")
+    kube.core.create_namespace(_body({"metadata": {"name": namespace, "labels": dict(labels or {})}}))
+    log(f"created namespace {namespace}" + "".join(f" ({k}={v})" for k, v in (labels or {}).items()))
 
 
 def _group_replicas(kube: Kube, namespace: str, release: str) -> int:

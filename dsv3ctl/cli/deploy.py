@@ -157,6 +157,10 @@ def deploy(
                      else ""))
         sink.emit({**result, "ok": True, "dry_run": True}, lambda con: None)
         return
+    if create_namespace:  # before helm's --create-namespace, which would create it without the Pod Security label
+        from dsv3ctl.adapters.prepare_job import ensure_namespace, namespace_labels
+
+        ensure_namespace(kube, ns, True, sink.info, labels=namespace_labels(values))
     if values["deploy"]["prepare"]["enabled"]:
         from dsv3ctl.cli.prepare import prepare_step
 

@@ -31,7 +31,7 @@ def prepare_step(spec_path: Path | None, values: dict[str, Any], kube: Any, name
     spec = load(spec_path)
     fp = artifact_fingerprint(spec)
     adir = artifact_dir(spec, fp)
-    P.ensure_namespace(kube, namespace, create_namespace, sink.info)
+    P.ensure_namespace(kube, namespace, create_namespace, sink.info, labels=P.namespace_labels(values))
     P.check_storage(kube, values, namespace)
     P.ensure_claim(kube, values, namespace, sink.info)
     r = P.run_prepare(kube, values, namespace, fp, adir, stop_for_prepare=stop_for_prepare, wait=wait, log=sink.info)

@@ -146,6 +146,12 @@ def deploy_checks(spec: Spec) -> list[Check]:
                                         + ("" if d.termination_grace_s else f" (max_seq_len {spec.serving.max_seq_len}"
                                            f" x {d.drain_per_token_ms:g} ms + 30 s)"), "info"))
     out += pod_config_checks(spec)
+    psa_level, psa_why = pod_security(spec)
+    out.append(Check("pod_security", True, f"the pods pass Pod Security level {psa_level}"
+                                           + (f" (not baseline: {'; '.join(psa_why)})" if psa_why else "")
+                                           + f": deploy --create-namespace labels a new namespace {PSA_ENFORCE_LABEL}="
+                                           f"{psa_level}; an existing namespace enforcing a stricter level is refused",
+                     "info"))
     surge = d.effective_max_surge
     cost = surge * par.nodes * par.gpus_per_node
     out.append(Check("rollout", True, f"rolling update maxSurge={surge} maxUnavailable={d.max_unavailable}: an upgrade "
@@ -200,3 +206,49 @@ def pod_config_checks(spec: Spec) -> list[Check]:
         else:
             seen[port] = key
     return out
+
+
+#: Pod Security Standards levels, least strict first (k8s.io/pod-security-admission v0.36.3 api/constants.go:22-28)
+PSA_LEVELS = ("privileged", "baseline", "restricted")
+#: the namespace label the PodSecurity admission plugin enforces (api/constants.go:40)
+PSA_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
+#: capabilities baseline lets a container add (policy/check_capabilities_baseline.go:62-76)
+PSA_BASELINE_CAPS = frozenset({"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                               "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"})
+
+
+def pod_security_level(*, rdma: bool, storage_kind: str, host_network: bool, host_ipc: bool,
+                       extra_volumes: list[dict[str, object]]) -> tuple[str, list[str]]:
+    """The least strict Pod Security Standards level the release's pods pass, and why: ``("privileged",
+    [reasons])`` or ``("baseline", [])``. Never restricted: sshd and the MPI ranks run as root.
+
+    Rules of baseline (k8s.io/pod-security-admission v0.36.3, policy/): added capabilities only from
+    :data:`PSA_BASELINE_CAPS` (check_capabilities_baseline.go:62-88; the chart adds IPC_LOCK when RDMA is
+    on), no hostPath volumes (check_hostPathVolumes.go:48-70), no hostNetwork / hostIPC
+    (check_hostNamespaces.go:48-69).
+    """
+    why = []
+    if rdma and "IPC_LOCK" not in PSA_BASELINE_CAPS:
+        why.append("the IPC_LOCK capability (RDMA on; baseline allows only the default capabilities)")
+    if storage_kind == "hostPath":
+        why.append("a hostPath volume (deploy.storage.kind=hostPath)")
+    if any("hostPath" in v for v in extra_volumes):
+        why.append("a hostPath volume in deploy.extra_volumes")
+    if host_network:
+        why.append("hostNetwork (deploy.host_network)")
+    if host_ipc:
+        why.append("hostIPC (deploy.host_ipc)")
+    return ("privileged" if why else "baseline"), why
+
+
+def pod_security(spec: Spec) -> tuple[str, list[str]]:
+    """:func:`pod_security_level` of the pods ``spec`` renders."""
+    d = spec.deploy
+    return pod_security_level(rdma=rdma_enabled(spec)[0], storage_kind=d.storage.kind, host_network=d.host_network,
+                              host_ipc=d.host_ipc, extra_volumes=d.extra_volumes)
+
+
+def stricter(a: str, b: str) -> bool:
+    """Is Pod Security level ``a`` stricter than ``b``? (unknown levels count as restricted)"""
+    rank = {lv: i for i, lv in enumerate(PSA_LEVELS)}
+    return rank.get(a, len(PSA_LEVELS)) > rank.get(b, len(PSA_LEVELS))
