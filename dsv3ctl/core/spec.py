@@ -437,6 +437,9 @@ class DeploySpec(_Strict):
                                         "disrupted at a time (none when replicas=1)")
     prepare: PrepareSpec = Field(default_factory=PrepareSpec)
     helm_test: bool = Field(True, description="Render the `helm test` Pod that checks readiness through the Service")
+    helm_test_image: str = Field(
+        "busybox:1.36", description="Image of the `helm test` Pod: any image with BusyBox wget (a few MB, instead "
+                                    "of pulling the serving image); empty = the serving image (its python3)")
     openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
     startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
 
