@@ -1,6 +1,7 @@
 """helm lint with both pinned Helms; the render matrix through `dsv3ctl render` validated by kubeconform
 (strict, built-in schemas from Kubernetes v1.36.3's swagger + the LWS v0.9.0 CRD); golden manifests of the
-default spec (regenerate with DSV3CTL_REGEN=1); chart behaviour that the spec promises."""
+default spec and of each deploy.platform preset (regenerate with DSV3CTL_REGEN=1); chart behaviour that the spec
+promises."""
 
 from __future__ import annotations
 
@@ -121,22 +122,89 @@ def _mask(obj: dict) -> dict:
     return obj
 
 
-def test_golden_default_manifests(run_cli, tmp_path):
-    out = tmp_path / "default"
-    r = run_cli("render", "--out", out)
+#: Golden renders: the default spec, and the default spec with each deploy.platform preset (gke on H200, the GPU
+#: whose GKE preset carries the RDMA multi-networking keys; the others on the default H100-80GB).
+GOLDEN_SPECS: dict[str, dict | None] = {
+    "default": None,
+    "gke": {"hardware": {"gpu": "H200"}, "deploy": {"platform": "gke"}},
+    "eks": {"deploy": {"platform": "eks"}},
+    "aks": {"deploy": {"platform": "aks"}},
+    "network-operator": {"deploy": {"platform": "network-operator"}},
+}
+
+
+def _golden_render(run_cli, write_spec, out: Path, spec: dict | None) -> dict[str, str]:
+    args = ["render", "--out", out] + ([] if spec is None else ["--spec", write_spec(spec, f"{out.name}.yaml")])
+    r = run_cli(*args)
     assert r.code == 0, r.err
-    got = {f.name: yaml.safe_dump(_mask(yaml.safe_load(f.read_text())), sort_keys=False, width=120)
-           for f in sorted(out.glob("[0-9][0-9]-*.yaml"))}
+    return {f.name: yaml.safe_dump(_mask(yaml.safe_load(f.read_text())), sort_keys=False, width=120)
+            for f in sorted(out.glob("[0-9][0-9]-*.yaml"))}
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_SPECS))
+def test_golden_manifests(run_cli, write_spec, tmp_path, schemas, name):
+    golden = GOLDEN.parent / name
+    out = tmp_path / name
+    got = _golden_render(run_cli, write_spec, out, GOLDEN_SPECS[name])
     if REGEN:
-        GOLDEN.mkdir(parents=True, exist_ok=True)
-        for f in GOLDEN.glob("*.yaml"):
+        golden.mkdir(parents=True, exist_ok=True)
+        for f in golden.glob("*.yaml"):
             f.unlink()
-        for name, text in got.items():
-            (GOLDEN / name).write_text(text)
-    want = {f.name: f.read_text() for f in sorted(GOLDEN.glob("*.yaml"))}
+        for fname, text in got.items():
+            (golden / fname).write_text(text)
+    want = {f.name: f.read_text() for f in sorted(golden.glob("*.yaml"))}
     assert sorted(got) == sorted(want), "object list changed; regenerate with DSV3CTL_REGEN=1"
-    for name in want:
-        assert got[name] == want[name], f"{name} differs from tests/golden/default (DSV3CTL_REGEN=1 regenerates)"
+    for fname in want:
+        assert got[fname] == want[fname], f"{fname} differs from tests/golden/{name} (DSV3CTL_REGEN=1 regenerates)"
+    if name != "default":  # the default's objects are validated by the render matrix
+        r = kubeconform(sorted(out.glob("[0-9][0-9]-*.yaml")), schemas)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Invalid: 0, Errors: 0, Skipped: 0" in r.stdout
+
+
+def test_generic_platform_renders_the_default_byte_for_byte(run_cli, write_spec, tmp_path):
+    """deploy.platform=generic (written out) renders exactly what the default spec renders."""
+    r = run_cli("render", "--out", tmp_path / "d")
+    assert r.code == 0, r.err
+    r = run_cli("render", "--spec", write_spec({"deploy": {"platform": "generic"}}), "--out", tmp_path / "g")
+    assert r.code == 0, r.err
+    default = {f.name: f.read_bytes() for f in (tmp_path / "d").glob("[0-9][0-9]-*.yaml") if "secret" not in f.name}
+    generic = {f.name: f.read_bytes() for f in (tmp_path / "g").glob("[0-9][0-9]-*.yaml") if "secret" not in f.name}
+    assert default and default == generic
+
+
+def _lws_pod(objs: dict[str, dict]) -> dict:
+    lws = next(o for o in objs.values() if o["kind"] == "LeaderWorkerSet")
+    return lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]
+
+
+def test_platform_presets_reach_the_pods(run_cli, write_spec, tmp_path):
+    eks = _lws_pod(_render(run_cli, write_spec, tmp_path / "eks", {"deploy": {"platform": "eks"}}))
+    c = eks["spec"]["containers"][0]
+    assert c["resources"]["limits"]["vpc.amazonaws.com/efa"] == "1" and "rdma/ib" not in c["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FI_PROVIDER"] == "efa" and env["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert eks["spec"]["nodeSelector"] == {"node.kubernetes.io/instance-type": "p5.48xlarge"}
+    gke = _lws_pod(_render(run_cli, write_spec, tmp_path / "gke", GOLDEN_SPECS["gke"]))
+    c = gke["spec"]["containers"][0]
+    assert gke["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h200-141gb"}
+    assert '"network":"rdma-7"' in gke["metadata"]["annotations"]["networking.gke.io/interfaces"]
+    # RDMA on (IPC_LOCK, no NCCL_IB_DISABLE) without an extended resource: GKE's NICs come through the annotation
+    assert set(c["resources"]["limits"]) == {"memory", "ephemeral-storage", "nvidia.com/gpu"}
+    assert c["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    assert "NCCL_IB_DISABLE" not in {e["name"] for e in c["env"]}
+
+
+def test_explicit_keys_override_the_preset(run_cli, write_spec, tmp_path):
+    spec = {"deploy": {"platform": "eks", "rdma": {"resource": "rdma/ib", "count": 4},
+                       "nccl": {"extra_env": {"FI_PROVIDER": "shm"}}, "node_selector": {"pool": "gpu"}}}
+    pod = _lws_pod(_render(run_cli, write_spec, tmp_path / "o", spec))
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["limits"]["rdma/ib"] == "4" and "vpc.amazonaws.com/efa" not in c["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FI_PROVIDER"] == "shm"  # the spec's entry wins ...
+    assert env["FI_EFA_USE_DEVICE_RDMA"] == "1"  # ... the preset's other entries are still added
+    assert pod["spec"]["nodeSelector"] == {"pool": "gpu", "node.kubernetes.io/instance-type": "p5.48xlarge"}
 
 
 def test_default_leader_and_worker_contract(run_cli, tmp_path):

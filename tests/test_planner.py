@@ -513,3 +513,22 @@ def test_fp8_tp32_dense_layers_cut_scale_blocks_and_bf16_does_not():
     assert not f["fp8_block_dense"].ok and "parallelism.tp=16" in f["fp8_block_dense"].message
     b = {c.name: c for c in converter_shape_checks(_layout_spec(32, 1, "bf16", "deepseek"), C.default())}
     assert all(c.ok for c in b.values())
+
+
+def test_plan_info_lists_what_the_platform_preset_set():
+    p = make_plan(spec(deploy={"platform": "eks", "nccl": {"extra_env": {"FI_PROVIDER": "efa"}}}))
+    info = next(c for c in p.checks if c.name == "platform")
+    assert info.ok and info.severity == "info"
+    assert 'deploy.rdma.resource="vpc.amazonaws.com/efa" (https://docs.aws.amazon.com/eks/' in info.message
+    assert "deploy.nccl.extra_env[FI_EFA_USE_DEVICE_RDMA]=\"1\" (github.com/aws-samples/" in info.message
+    # a key the spec sets itself is not the preset's: listed as kept, not as set
+    assert "extra_env[FI_PROVIDER]=" not in info.message and "kept from the spec: deploy.nccl.extra_env[FI_PROVIDER]" \
+        in info.message
+    # the rdma check sees the preset's resource, as the chart values do
+    assert "vpc.amazonaws.com/efa" in next(c for c in p.checks if c.name == "rdma").message
+    assert any(c.name == "platform_fabric" and c.severity == "warning" for c in p.checks)
+    assert not any(c.name == "platform_fabric" for c in make_plan(spec(deploy={"platform": "eks"}, launch={
+        "fabric_min_busbw_gbps": 800})).checks)
+    generic = next(c for c in make_plan(spec()).checks if c.name == "platform")
+    assert generic.message == "deploy.platform=generic: no preset keys"
+    assert not any(c.name in ("platform_notes", "platform_fabric") for c in make_plan(spec()).checks)

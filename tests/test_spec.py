@@ -94,3 +94,12 @@ def test_yaml_error_names_the_file_and_directory_is_refused(tmp_path):
     assert "syn.yaml" in e.value.message.split(":", 1)[1]
     with pytest.raises(SpecError, match="is a directory"):
         load_spec(tmp_path)
+
+
+def test_unknown_platform_names_the_field_and_the_choices():
+    with pytest.raises(SpecError) as e:
+        parse_spec({"deploy": {"platform": "openshift"}})
+    msg = e.value.message
+    assert "deploy.platform='openshift'" in msg
+    for choice in ("generic", "gke", "eks", "aks", "network-operator"):
+        assert f"'{choice}'" in msg

@@ -436,7 +436,7 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
             why.append("label " + ", ".join(miss) + " missing")
         if _qty(alloc.get("nvidia.com/gpu")) < gpus:
             why.append(f"nvidia.com/gpu {alloc.get('nvidia.com/gpu', 0)} < {gpus}")
-        if rdma["enabled"] and _qty(alloc.get(rdma["resource"])) < int(rdma["count"]):
+        if rdma["enabled"] and rdma["resource"] and _qty(alloc.get(rdma["resource"])) < int(rdma["count"]):
             why.append(f"{rdma['resource']} {alloc.get(rdma['resource'], 0)} < {rdma['count']}")
         bad = [t for t in ((n.spec.taints if n.spec else None) or []) if t.effect in ("NoSchedule", "NoExecute")
                and not _tolerates(d["tolerations"], t)]
@@ -446,7 +446,8 @@ def preflight(kube: Kube, values: dict[str, Any], namespace: str, *, create_name
             reasons[name] = "; ".join(why)
         else:
             fit.append(name)
-    want = f"{gpus} allocatable nvidia.com/gpu" + (f" and {rdma['count']} {rdma['resource']}" if rdma["enabled"] else "")
+    want = f"{gpus} allocatable nvidia.com/gpu" + (f" and {rdma['count']} {rdma['resource']}"
+                                                    if rdma["enabled"] and rdma["resource"] else "")
     if sel:
         want += " with labels " + ", ".join(f"{k}={val}" for k, val in sel.items())
     # free = allocatable minus what bound, non-terminated pods request (the scheduler's arithmetic); pods of

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dsv3ctl.cli._common import OutputFormat, OutputOpt, Sink, SpecOpt, load
 
@@ -67,7 +68,8 @@ def plan(spec: SpecOpt = None, model_config: ModelConfigOpt = None, output: Outp
         for c in data["checks"]:
             mark = "[green]ok[/]" if c["ok"] and c["severity"] != "warning" else (
                 "[yellow]warn[/]" if c["ok"] else "[red]FAIL[/]")
-            con.print(f"  {mark:>5} {c['name']}: {c['message']}", markup=True)
+            # the message is plain text: brackets in it (deploy.node_selector[key]) are not markup
+            con.print(f"  {mark:>5} {c['name']}: {escape(c['message'])}", markup=True)
         if sink.json is False and STATE_VERBOSE():
             for a in data["assumptions"]:
                 con.print(f"  [dim]assumes: {a}[/]")

@@ -36,8 +36,11 @@ def rdma_enabled(spec: Spec) -> tuple[bool, str]:
     e, nodes = spec.deploy.rdma.enabled, spec.parallelism.nodes
     if e == "auto":
         if nodes > 1:
+            r = spec.deploy.rdma
+            what = (f"each pod requests {r.count} {r.resource}" if r.resource else
+                    "RDMA is on without an extended resource (deploy.rdma.resource='')")
             return True, (f"deploy.rdma.enabled=auto and parallelism.nodes={nodes}: tensor parallelism crosses nodes, "
-                          f"so each pod requests {spec.deploy.rdma.count} {spec.deploy.rdma.resource}")
+                          f"so {what}")
         return False, ("deploy.rdma.enabled=auto and parallelism.nodes=1: the group talks over NVLink inside one "
                        "node, so no RDMA resource is requested (NCCL_IB_DISABLE=1)")
     return bool(e), f"deploy.rdma.enabled={str(e).lower()} (set explicitly)"
@@ -100,12 +103,42 @@ def termination_grace_s(spec: Spec) -> int:
     return math.ceil(spec.serving.max_seq_len * d.drain_per_token_ms / 1000) + 30
 
 
-def deploy_checks(spec: Spec) -> list[Check]:
-    """Checks named ``rdma``, ``storage``, ``prepare_gpus`` and ``rollout`` (only ``storage`` can fail)."""
-    from dsv3ctl.core.planner import Check
+def _fabric_line_rate_warning(spec: Spec) -> str | None:
+    """eks: the derived fabric threshold (0.5 x deploy.rdma.count x 400 Gb/s NDR per resource, dsv3ctl.core.fabric)
+    does not describe EFA devices (AWS's p5.48xlarge sample requests 32 of them, platforms.json notes), so a
+    multi-node group with the fabric check on and no explicit threshold gets a warning naming the key to set."""
+    from dsv3ctl.core.fabric import NIC_GBPS
 
+    lc, nodes = spec.launch, spec.parallelism.nodes
+    mode = lc.fabric_check if lc.fabric_check != "auto" else ("enforce" if nodes > 1 else "off")
+    if spec.deploy.platform != "eks" or mode == "off" or lc.fabric_min_busbw_gbps > 0 or nodes < 2:
+        return None
+    if not rdma_enabled(spec)[0]:
+        return None
+    return (f"deploy.platform=eks: the fabric check's derived threshold assumes {NIC_GBPS:g} Gb/s NDR InfiniBand per "
+            f"{spec.deploy.rdma.resource} (x deploy.rdma.count={spec.deploy.rdma.count}), which an EFA device is not; "
+            f"set launch.fabric_min_busbw_gbps to the bus bandwidth your instance type reaches (nccl-tests "
+            f"all_reduce_perf), or launch.fabric_check=warn")
+
+
+def deploy_checks(spec: Spec) -> list[Check]:
+    """Checks named ``platform``, ``rdma``, ``storage``, ``prepare_gpus``, ``resources`` and ``rollout`` (only
+    ``storage`` can fail), on the spec with ``deploy.platform``'s preset applied (as the chart values are rendered);
+    ``platform`` lists each key the preset set and its source, plus a warning where the preset's RDMA resource is
+    not what the derived fabric threshold assumes."""
+    from dsv3ctl.core.planner import Check
+    from dsv3ctl.core.platforms import apply_platform, platform_message, platform_notes
+
+    out: list[Check] = [Check("platform", True, platform_message(spec), "info")]
+    notes = platform_notes(spec.deploy.platform)
+    if notes:
+        out.append(Check("platform_notes", True, f"deploy.platform={spec.deploy.platform} leaves out: " + " ".join(notes),
+                         "info"))
+    spec, _ = apply_platform(spec)
     d, par = spec.deploy, spec.parallelism
-    out: list[Check] = []
+    warn = _fabric_line_rate_warning(spec)
+    if warn:
+        out.append(Check("platform_fabric", True, warn, "warning"))
     on, why = rdma_enabled(spec)
     out.append(Check("rdma", True, ("on: " if on else "off: ") + why, "info"))
     st, pods = d.storage, pods_on_volume(spec)

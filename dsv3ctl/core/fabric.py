@@ -320,8 +320,10 @@ def _socket_cause(procs: Sequence[Process], rdma_resource: str, rdma_count: int,
                 "node's container runtime must allow memlock=-1", "deploy.rdma.enabled")
     if any(p.ib_none for p in procs) and not any(p.ib_devices for p in procs):
         hca = f" or NCCL_IB_HCA={ib_hca!r} (deploy.nccl.ib_hca) matches no HCA" if ib_hca else ""
-        return (f"NCCL found no InfiniBand/RoCE device in the pod ('NET/IB : No device found.'): the RDMA device "
-                f"plugin resource {rdma_resource} x {rdma_count} was not granted or exposes no HCA{hca}",
+        plugin = (f"the RDMA device plugin resource {rdma_resource} x {rdma_count} was not granted or exposes no HCA"
+                  if rdma_resource else "no RDMA resource is requested (deploy.rdma.resource='') and the pod's "
+                                        "network attachments brought no HCA")
+        return (f"NCCL found no InfiniBand/RoCE device in the pod ('NET/IB : No device found.'): {plugin}{hca}",
                 "deploy.rdma.resource")
     if any(p.ib_devices for p in procs):
         devs = sorted({d for p in procs for d in p.ib_devices})
@@ -330,7 +332,7 @@ def _socket_cause(procs: Sequence[Process], rdma_resource: str, rdma_count: int,
                "plugin fail to connect") if roce else ""
         return (f"NCCL saw HCAs {', '.join(devs)} but chose sockets: NCCL_IB_HCA (deploy.nccl.ib_hca={ib_hca!r}) may "
                 f"name ports that are down, or NCCL_IB_DISABLE is set{gid}", "deploy.nccl.ib_hca")
-    return (f"no NET/IB line at all: the IB plugin did not load or the RDMA resource {rdma_resource} is missing "
+    return (f"no NET/IB line at all: the IB plugin did not load or the RDMA resource {rdma_resource or '(none)'} is missing "
             "(is NCCL_IB_DISABLE=1 set? is /dev/infiniband in the pod?)", "deploy.rdma.resource")
 
 

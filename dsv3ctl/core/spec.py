@@ -296,8 +296,10 @@ class RdmaSpec(_Strict):
         "auto", description="Request an RDMA resource per pod. auto: on only for multi-node groups (TP across nodes "
                             "over TCP is far slower; one node talks over NVLink and needs no RDMA device); "
                             "false: NCCL_IB_DISABLE=1")
-    resource: str = Field("rdma/ib", pattern=r"^[a-z0-9.-]+/[A-Za-z0-9_.-]+$",
-                          description="Extended resource name: rdma/ib, rdma/rdma_shared_device_a, rdma/hca_shared_devices_a, ...")
+    resource: str = Field("rdma/ib", pattern=r"^([a-z0-9.-]+/[A-Za-z0-9_.-]+)?$",
+                          description="Extended resource name: rdma/ib, rdma/rdma_shared_device_a, "
+                                      "vpc.amazonaws.com/efa, ...; '' = RDMA on without requesting a resource (the "
+                                      "NICs come another way, e.g. GKE multi-networking annotations)")
     count: int = Field(1, ge=1, le=64, description="How many of the RDMA resource each pod requests")
 
 
@@ -344,6 +346,10 @@ class PrepareSpec(_Strict):
     backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed prepare pod (Job backoffLimit)")
 
 
+#: ``deploy.platform`` choices (presets in dsv3ctl/data/platforms.json, applied by dsv3ctl.core.platforms).
+PLATFORMS = ("generic", "gke", "eks", "aks", "network-operator")
+Platform = Literal["generic", "gke", "eks", "aks", "network-operator"]
+
 _LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY, max_length=316)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")]
@@ -374,6 +380,12 @@ class DeploySpec(_Strict):
 
     namespace: str = Field("dsv3", pattern=_K8S_NAME, max_length=63, description="Namespace of the release")
     release: str = Field("dsv3", pattern=_K8S_NAME, max_length=40, description="Helm release name")
+    platform: Platform = Field(
+        "generic", description="Preset of what the platform documents for multi-node GPU + RDMA (RDMA/EFA resource, "
+                               "NCCL/libfabric environment, GPU node label, tolerations, pod annotations; values and "
+                               "sources in dsv3ctl/data/platforms.json); it fills only keys the spec leaves unset and "
+                               "dsv3ctl plan lists what it set. generic = none. Applied by dsv3ctl render/deploy: the "
+                               "chart itself does not read it")
     replicas: int = Field(1, ge=1, le=1000, description="Model instances (LeaderWorkerSet replicas = groups)")
     restart_policy: Literal["RecreateGroupOnPodRestart", "RecreateGroupAfterStart"] = Field(
         "RecreateGroupOnPodRestart", description="LWS group restart: an MPI job cannot lose a rank")

@@ -89,12 +89,16 @@ def render_values(spec: Spec, namespace: str | None = None, release: str | None 
     (null -> :func:`dsv3ctl.core.deploy_rules.termination_grace_s`), and the ``launch.*`` artifact paths
     (``model_repository``, ``engine_dir``, ``trtllm_checkpoint_dir``) moved into the content-addressed directory
     of the spec's fingerprint (:mod:`dsv3ctl.render.artifacts`) unless ``deploy.storage.artifacts_dir`` is empty.
+    First ``deploy.platform``'s preset fills the keys the spec leaves unset (:func:`dsv3ctl.core.platforms.apply_platform`,
+    the one place a preset is applied; ``dsv3ctl plan`` lists what it set); everything below sees the result.
     Raises SpecError (exit 2) when the chart cannot deploy the spec (see the module docstring);
     ``check=False`` skips that (for tests of the chart's own guards, which must refuse at least as much).
     """
     from dsv3ctl.core.deploy_rules import pod_memory, rdma_enabled, termination_grace_s
+    from dsv3ctl.core.platforms import apply_platform
     from dsv3ctl.render.artifacts import artifact_paths
 
+    spec, _ = apply_platform(spec)
     if check:
         _check(spec)
     values = spec.model_dump(mode="json")

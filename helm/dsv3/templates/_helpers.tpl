@@ -41,6 +41,8 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- define "dsv3.podValues" -}}
 {{- $v := deepCopy .Values -}}
 {{- $_ := set $v.launch "rdma" (eq (include "dsv3.rdma" .) "true") -}}
+{{- /* deploy.platform is resolved by dsv3ctl into the other values (dsv3ctl.core.platforms): the pods do not read it */}}
+{{- $_ := set $v "deploy" (omit $v.deploy "platform") -}}
 {{- toYaml $v -}}
 {{- end -}}
 
@@ -252,14 +254,14 @@ spec:
           memory: {{ $mem | quote }}
           ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $rdma }}
+          {{- if and $rdma $d.rdma.resource }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
         limits:
           memory: {{ $mem | quote }}
           ephemeral-storage: {{ $d.ephemeral_storage | quote }}
           nvidia.com/gpu: {{ $v.parallelism.gpus_per_node | quote }}
-          {{- if $rdma }}
+          {{- if and $rdma $d.rdma.resource }}
           {{ $d.rdma.resource }}: {{ $d.rdma.count | quote }}
           {{- end }}
       {{- if $rdma }}
