@@ -184,10 +184,12 @@ def deploy(
                   f"restarts={p.restarts}{'  (new pod ' + p.uid[:8] + ')' if new else ''}"
                   f"{'  ' + p.reason if p.reason else ''}")
 
+    from rich.markup import escape
+
     d = values["deploy"]
     res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)),
                        grace_s=grace if grace is not None else int(d["unschedulable_grace_s"]),
-                       max_recreations=int(d["max_recreations"]), on_change=change, on_note=lambda s: sink.info(f"  {s}"))
+                       max_recreations=int(d["max_recreations"]), on_change=change, on_note=lambda s: sink.info(f"  {escape(s)}"))
     result.update(ok=res.ok, message=res.message, events=res.events, details=res.details)
     if not res.ok:
         sink.emit(result, lambda con: None)
