@@ -105,7 +105,8 @@ def test_pod_templates_ignore_what_changes_no_pod(run_cli, write_spec, tmp_path)
     base = _lws(_objs(run_cli, write_spec, tmp_path, {}, "base"))["spec"]["leaderWorkerTemplate"]
     for i, change in enumerate([{"replicas": 3}, {"service_type": "LoadBalancer"}, {"pdb": False},
                                 {"helm_test": False}, {"helm_test_image": "registry.example.com/busybox:1"},
-                                {"network_policy": True}, {"max_unavailable": 2}]):
+                                {"network_policy": True}, {"max_unavailable": 2},
+                                {"max_recreations": 9}, {"unschedulable_grace_s": 30}]):
         other = _objs(run_cli, write_spec, tmp_path, {"deploy": change}, f"c{i}")
         assert _lws(other)["spec"]["leaderWorkerTemplate"] == base, change
     # a change the pods see rolls them

@@ -114,7 +114,7 @@ def test_410_gone_is_re_listed_with_capped_backoff(monkeypatch):
     kube = NS(core=core, deadline=None, request_timeout=lambda read=k.READ_TIMEOUT_S: (1.0, read))
     absent = {"exists": False, "lws": "dsv3", "groups": [], "ready": False, "replicas": 0, "size": 0,
               "updated_replicas": 0, "ready_replicas": 0}
-    monkeypatch.setattr(k, "status", lambda *a: absent)
+    monkeypatch.setattr(k, "status", lambda *a, **kw: absent)
     t0 = time.monotonic()
     res = k.wait_ready(kube, "ns", "rel", timeout_s=4)  # type: ignore[arg-type]
     took = time.monotonic() - t0

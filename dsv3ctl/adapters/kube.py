@@ -38,6 +38,8 @@ from dsv3ctl.errors import RuntimeFailure
 if TYPE_CHECKING:
     from kubernetes.client import CoreV1Event, V1ObjectMeta
 
+    from dsv3ctl.core.deploy_watch import PodSeen
+
 LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
 LWS_CRD = f"{LWS_PLURAL}.{LWS_GROUP}"
 LWS_INSTALL = ("kubectl apply --server-side -f "
@@ -47,6 +49,11 @@ L_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
 #: container waiting reasons that will not fix themselves
 BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff", "CreateContainerConfigError",
                "CreateContainerError", "InvalidImageName", "RunContainerError"}
+#: seconds a container may stay in one of :data:`BAD_WAITING` before the wait fails
+WAITING_GRACE_S = 20.0
+#: seconds between two reads of the events of unschedulable pods (the cluster autoscaler's verdicts)
+AUTOSCALER_POLL_S = 5.0
+L_REVISION = "leaderworkerset.sigs.k8s.io/template-revision-hash"  # lws v0.9.0 leaderworkerset_types.go:63
 
 
 #: seconds for the TCP connect and the TLS handshake of one request (urllib3 applies the connect timeout to
@@ -601,6 +608,102 @@ def pod_info(p: Any) -> PodInfo:
     )
 
 
+def pod_seen(p: Any) -> PodSeen:
+    """The crash-loop fields of a pod object (:class:`dsv3ctl.core.deploy_watch.PodSeen`): UID, group, template
+    revision, and each container (init containers too) that restarted or terminated, with the exit code and
+    reason of its last termination (``lastState.terminated``, else ``state.terminated``; Kubernetes API
+    reference, ContainerStatus)."""
+    from dsv3ctl.core.deploy_watch import ContainerExit, PodSeen
+
+    meta, st = p.metadata, p.status
+    labels = (meta.labels if meta else None) or {}
+    out = []
+    for cs in [*((st.init_container_statuses if st else None) or []), *((st.container_statuses if st else None) or [])]:
+        term = (cs.last_state.terminated if cs.last_state else None) or (cs.state.terminated if cs.state else None)
+        if not cs.restart_count and term is None:
+            continue
+        if term is not None and not cs.restart_count and term.exit_code == 0:
+            continue  # a finished init container
+        out.append(ContainerExit(cs.name, int(cs.restart_count or 0), term.exit_code if term else None,
+                                 (term.reason or "") if term else "", (term.message or "") if term else ""))
+    return PodSeen(name=str(meta.name), uid=str(meta.uid or ""), group=int(labels.get(L_GROUP, "0") or 0),
+                   revision=labels.get(L_REVISION, ""), node=(p.spec.node_name if p.spec else None) or "",
+                   deleting=meta.deletion_timestamp is not None, containers=tuple(out))
+
+
+def previous_log(kube: Kube, namespace: str, pod: str, container: str,
+                 lines: int = 20, timeout_s: float = 5.0) -> tuple[list[str] | None, str]:
+    """The last ``lines`` lines of the previous (failed) run of ``container`` (PodLogOptions ``previous``,
+    ``tailLines``), read at once with its own ``timeout_s``: (lines, "") or (None, why not), e.g. the pod is
+    gone or the API server cannot reach the node's kubelet (the kwok testbed has none)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    saved, kube.deadline = kube.deadline, Deadline(timeout_s, f"the log of pod {namespace}/{pod}")
+    try:
+        text = kube.core.read_namespaced_pod_log(pod, namespace, container=container, previous=True,
+                                                 tail_lines=lines, _request_timeout=kube.request_timeout(timeout_s))
+        return str(text).splitlines(), ""
+    except ApiException as e:
+        return None, _log_why(e)
+    except (RuntimeFailure, HTTPError, OSError) as e:
+        return None, f"the API server did not answer the log request ({getattr(e, 'message', None) or e})"
+    finally:
+        kube.deadline = saved
+
+
+def _log_why(e: Any) -> str:
+    """Why a log read failed, in words: the Status message of the API server's answer."""
+    import json
+
+    msg = ""
+    body = getattr(e, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if body:
+        try:
+            msg = str(json.loads(body).get("message") or "")
+        except (ValueError, AttributeError):
+            msg = ""
+    msg = msg or f"{e.status} {e.reason}"
+    if e.status == 404:
+        return f"the pod was already deleted ({msg})"
+    if any(x in msg for x in ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused")):
+        return f"the kubelet of the pod's node cannot serve logs to the API server ({msg})"
+    return msg
+
+
+def pod_events(kube: Kube, namespace: str, pods: dict[str, str], reasons: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
+    """Events with one of ``reasons`` on the pods ``pods`` (name -> UID; an event that names another UID is
+    about an earlier pod of that name), oldest first, per pod name. core/v1 events, which also shows those
+    written through events.k8s.io/v1 (``regarding`` as ``involvedObject``); the field selector
+    ``involvedObject.kind`` is one the API server accepts for Events (kubernetes/kubernetes
+    pkg/apis/core/v1/conversion.go, AddFieldLabelConversionsForEvent)."""
+    evs = kube.core.list_namespaced_event(namespace, field_selector="involvedObject.kind=Pod").items
+    out: dict[str, list[dict[str, str]]] = {}
+    for e in sorted(evs, key=_event_time):
+        o = e.involved_object
+        if not o or o.name not in pods or (e.reason or "") not in reasons:
+            continue
+        if o.uid and pods[o.name] and o.uid != pods[o.name]:
+            continue
+        out.setdefault(o.name, []).append({"reason": e.reason or "", "message": (e.message or "").strip()})
+    return out
+
+
+def lws_events(kube: Kube, namespace: str, lws: str, reason: str) -> list[dict[str, str]]:
+    """Events with ``reason`` on LeaderWorkerSet ``lws``, oldest first ([] when the read fails)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        evs = kube.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=LeaderWorkerSet,involvedObject.name={lws}").items
+    except (RuntimeFailure, ApiException):
+        return []
+    return [{"reason": e.reason or "", "message": (e.message or "").strip()}
+            for e in sorted(evs, key=_event_time) if (e.reason or "") == reason]
+
+
 def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> dict[str, Any] | None:
     """The last fabric check summary the leader logged (dsv3ctl.adapters.fabric.status_line), from the first MiB of
     its ``dsv3`` container log (the check runs before the server, so its line is near the start); None when the
@@ -622,12 +725,18 @@ def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> 
     return None
 
 
-def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False) -> dict[str, Any]:
+def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False,
+           on_pod: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release; with ``fabric`` each
-    group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs)."""
+    group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs).
+    ``on_pod`` gets every pod object listed (the wait's crash-loop history)."""
     name = fullname(release)
     lws = kube.get_lws(namespace, name)
-    pods = sorted((pod_info(p) for p in kube.pods(namespace, release)), key=lambda x: (x.group, x.worker_index))
+    raw = kube.pods(namespace, release)
+    if on_pod:
+        for p in raw:
+            on_pod(p)
+    pods = sorted((pod_info(p) for p in raw), key=lambda x: (x.group, x.worker_index))
     size = int(lws["spec"]["leaderWorkerTemplate"].get("size", 1)) if lws else 0
     replicas = int(lws["spec"].get("replicas", 1)) if lws else 0
     groups = []
@@ -678,6 +787,7 @@ class WaitResult:
     ok: bool
     message: str
     events: list[dict[str, str]] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # evidence lines (log tail, LWS events) under the message
 
 
 def _summary(st: dict[str, Any]) -> str:
@@ -691,30 +801,48 @@ def _summary(st: dict[str, Any]) -> str:
             f"pods: {each or 'none'}")
 
 
-def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s: int = WATCH_BLOCK_S) -> str:
-    """Block on a pod watch from the current resourceVersion until one event arrives, at most ``block_s``.
+def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s: int = WATCH_BLOCK_S,
+                     cursor: dict[str, str] | None = None, on_pod: Callable[[Any], None] | None = None) -> str:
+    """Block on a pod watch until one event arrives, at most ``block_s``.
 
+    Without ``cursor["rv"]`` the watch starts at the current resourceVersion (a list with limit 1); with it,
+    at that resourceVersion, so no pod state between two calls is missed: the event's object goes to
+    ``on_pod`` and its resourceVersion into ``cursor["rv"]`` (a caller that keeps ``cursor`` sees every pod
+    state in order; the wait needs that, as LWS deletes a restarted pod within seconds).
     Returns ``"event"``, ``"quiet"`` (the stream ended or the read timed out without an event: the caller
-    re-reads and watches again), or ``"gone"`` (410 Gone: the resourceVersion expired; the caller re-lists
-    after a :class:`Backoff` delay). Raises :class:`ApiUnreachable` when the list itself gets no answer.
-    The watch's socket read timeout is ``block_s`` + :data:`CONNECT_TIMEOUT_S`, so a connection that stops
-    delivering (a stalled proxy) ends this call instead of hanging it.
+    re-reads and watches again), or ``"gone"`` (410 Gone: the resourceVersion expired; ``cursor`` is cleared
+    and the caller re-lists after a :class:`Backoff` delay). Raises :class:`ApiUnreachable` when the list itself
+    gets no answer. The watch's socket read timeout is ``block_s`` + :data:`CONNECT_TIMEOUT_S`, so a connection
+    that stops delivering (a stalled proxy) ends this call instead of hanging it.
     """
     import urllib3.exceptions
     from kubernetes import watch
     from kubernetes.client.exceptions import ApiException
 
-    lmeta = kube.core.list_namespaced_pod(namespace, label_selector=label_selector, limit=1).metadata
-    assert lmeta is not None, "the API server always returns a list's metadata"
+    rv = (cursor or {}).get("rv")
+    if not rv:
+        lmeta = kube.core.list_namespaced_pod(namespace, label_selector=label_selector, limit=1).metadata
+        assert lmeta is not None, "the API server always returns a list's metadata"
+        rv = str(lmeta.resource_version)
+        if cursor is not None:
+            cursor["rv"] = rv
     w = watch.Watch()
     try:
-        for _ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=label_selector,
-                            resource_version=lmeta.resource_version, timeout_seconds=block_s,
-                            _request_timeout=kube.request_timeout(read=block_s + CONNECT_TIMEOUT_S)):
+        for ev in w.stream(kube.core.list_namespaced_pod, namespace, label_selector=label_selector,
+                           resource_version=rv, timeout_seconds=block_s, allow_watch_bookmarks=False,
+                           _request_timeout=kube.request_timeout(read=block_s + CONNECT_TIMEOUT_S)):
+            obj = ev.get("object") if isinstance(ev, dict) else None
+            meta = getattr(obj, "metadata", None)
+            if cursor is not None and meta is not None and meta.resource_version:
+                cursor["rv"] = str(meta.resource_version)
+            if on_pod and meta is not None and ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                on_pod(obj)
             return "event"
         return "quiet"
     except ApiException as e:
         if e.status == 410:
+            if cursor is not None:
+                cursor.pop("rv", None)
             return "gone"
         raise
     except urllib3.exceptions.HTTPError:  # read timeout / reset while streaming: reconnect
@@ -723,84 +851,190 @@ def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s
         w.stop()
 
 
-def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 20.0,
-               on_change: Callable[[PodInfo], None] | None = None) -> WaitResult:
+def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 600.0,
+               max_recreations: int = 3, waiting_grace_s: float = WAITING_GRACE_S,
+               on_change: Callable[[PodInfo], None] | None = None,
+               on_note: Callable[[str], None] | None = None) -> WaitResult:
     """Watch the release's pods until every group is Ready (and the LWS is updated), or fail fast.
 
-    Fails when a pod stays unschedulable, or a container stays in a waiting state that does not fix
-    itself (image pull, crash loop, config error), for ``grace_s`` seconds: the message carries the
-    scheduler's / kubelet's reason and the pods' Warning events. ``on_change`` gets every pod state change.
-    One deadline of ``timeout_s`` seconds covers every request: reads that time out or a watch that stalls
-    are retried with :class:`Backoff` until it passes; then the result names what was waited for and the
-    last state seen.
+    Fails (the judging is :mod:`dsv3ctl.core.deploy_watch`) when
+
+    - a group was recreated ``max_recreations`` times (a crash loop under LWS ``RecreateGroupOnPodRestart``):
+      every pod state is watched, a restarted container's previous log is read at once (before LWS deletes the
+      pod), and the message names the pod, the count, the exit code and reason, with the log tail (or why the
+      kubelet could not serve it) and the LWS controller's RecreateGroup events;
+    - a pod stays unschedulable for ``grace_s`` seconds and the cluster autoscaler is not adding nodes for it
+      (its ``TriggeredScaleUp`` / ``NotTriggerScaleUp`` events on the pod, read every
+      :data:`AUTOSCALER_POLL_S`): while it is (TriggeredScaleUp), the wait goes on up to the deadline;
+    - a container stays in a waiting state that does not fix itself (image pull, crash loop, config error)
+      for ``waiting_grace_s`` seconds.
+
+    The message carries the reason and the pods' Warning events. ``on_change`` gets every pod state change,
+    ``on_note`` one line per recreation seen and per autoscaler verdict. One deadline of ``timeout_s`` seconds
+    covers every request: reads that time out or a watch that stalls are retried with :class:`Backoff` until it
+    passes; then the result names what was waited for and the last state seen.
     """
     deadline = Deadline(timeout_s, f"release {release} in namespace {namespace} to become Ready")
     saved, kube.deadline = kube.deadline, deadline
     try:
-        return _wait_ready(kube, namespace, release, deadline, grace_s, on_change)
+        return _Wait(kube, namespace, release, deadline, grace_s, max_recreations, waiting_grace_s,
+                     on_change, on_note).run()
     finally:
         kube.deadline = saved
 
 
-def _wait_ready(kube: Kube, namespace: str, release: str, deadline: Deadline, grace_s: float,
-                on_change: Callable[[PodInfo], None] | None) -> WaitResult:
-    seen: dict[str, tuple[Any, ...]] = {}
-    bad_since: dict[str, float] = {}
-    backoff = Backoff()
-    st: dict[str, Any] | None = None
-    while True:
+class _Wait:
+    """The state of one :func:`wait_ready`: reads and watches here, judging in :mod:`dsv3ctl.core.deploy_watch`."""
+
+    def __init__(self, kube: Kube, namespace: str, release: str, deadline: Deadline, grace_s: float,
+                 max_recreations: int, waiting_grace_s: float, on_change: Callable[[PodInfo], None] | None,
+                 on_note: Callable[[str], None] | None) -> None:
+        from dsv3ctl.core.deploy_watch import PodHistory
+
+        self.kube, self.ns, self.release, self.deadline = kube, namespace, release, deadline
+        self.grace_s, self.max_recreations, self.waiting_grace_s = grace_s, max_recreations, waiting_grace_s
+        self.on_change, self.on_note = on_change, on_note
+        self.history = PodHistory()
+        self.counted: dict[int, int] = {}  # group -> recreations already noted
+        self.ca_events: dict[str, list[dict[str, str]]] = {}
+        self.ca_read_at = -1e9
+        self.ca_said: dict[str, str] = {}
+
+    def note(self, text: str) -> None:
+        if self.on_note:
+            self.on_note(text)
+
+    def seen(self, obj: Any) -> None:
+        """One pod object from a list or the watch: into the history; a new container failure gets its
+        previous log read now."""
+        from dsv3ctl.core.deploy_watch import LOG_TAIL_LINES
+
         try:
-            st = status(kube, namespace, release)
+            p = pod_seen(obj)
+        except (AttributeError, TypeError, ValueError):
+            return
+        for ev in self.history.observe(p):
+            e = ev.exit
+            self.note(f"pod {ev.pod} (uid {ev.uid[:8]}): container {e.container} restarted "
+                      f"(restartCount {e.restart_count}, exit code "
+                      f"{e.exit_code if e.exit_code is not None else 'not reported'}"
+                      f"{', ' + e.reason if e.reason else ''})")
+            lines, why = previous_log(self.kube, self.ns, ev.pod, e.container, lines=LOG_TAIL_LINES)
+            self.history.attach_log(ev, lines, why)
+
+    def verdict_crash(self, st: dict[str, Any]) -> WaitResult | None:
+        from dsv3ctl.core.deploy_watch import LWS_RECREATE_GROUP, judge_crash_loop
+
+        groups = [g["index"] for g in st["groups"]]
+        for g in groups:
+            n, who = self.history.recreations(g)
+            if n > self.counted.get(g, 0):
+                self.counted[g] = n
+                self.note(f"group {g} recreated ({n} of deploy.max_recreations={self.max_recreations}; "
+                          f"pod {who} has a new UID)")
+        pre = judge_crash_loop(self.history, groups, self.max_recreations)
+        if pre is None:
+            return None
+        with self.kube.grace(5.0):
+            evs = lws_events(self.kube, self.ns, st["lws"], LWS_RECREATE_GROUP)
+        v = judge_crash_loop(self.history, groups, self.max_recreations, evs) or pre
+        names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
+        return WaitResult(False, v.message, _events(self.kube, self.ns, names), list(v.details))
+
+    def autoscaler(self, stuck: dict[str, str], now: float) -> None:
+        """Re-read the cluster autoscaler's events on the unschedulable pods ``stuck`` (name -> uid), at most every
+        :data:`AUTOSCALER_POLL_S`."""
+        from dsv3ctl.core.deploy_watch import AUTOSCALER_REASONS
+
+        if not stuck or now - self.ca_read_at < AUTOSCALER_POLL_S:
+            return
+        self.ca_read_at = now
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.ca_events = pod_events(self.kube, self.ns, stuck, AUTOSCALER_REASONS)
         except ApiUnreachable as e:
-            deadline.last_error = e.short
-            if deadline.expired():
+            self.deadline.last_error = e.short
+        except (ApiException, RuntimeFailure) as e:  # events not readable (forbidden), or the deadline passed
+            self.deadline.last_error = f"cannot read the pods' events: {getattr(e, 'message', None) or e}"
+
+    def run(self) -> WaitResult:
+        from dsv3ctl.core.deploy_watch import judge_unschedulable
+
+        seen: dict[str, tuple[Any, ...]] = {}
+        bad_since: dict[str, float] = {}
+        backoff = Backoff()
+        cursor: dict[str, str] = {}
+        st: dict[str, Any] | None = None
+        kube, deadline = self.kube, self.deadline
+        while True:
+            try:
+                st = status(kube, self.ns, self.release, on_pod=self.seen)
+            except ApiUnreachable as e:
+                deadline.last_error = e.short
+                if deadline.expired():
+                    break
+                backoff.sleep(deadline)
+                continue
+            except RuntimeFailure:  # the deadline passed between the reads of one status
                 break
-            backoff.sleep(deadline)
-            continue
-        except RuntimeFailure:  # the deadline passed between the reads of one status
-            break
-        deadline.last = _summary(st)
-        now = time.monotonic()
-        for g in st["groups"]:
-            for p in g["pods"]:
-                info = PodInfo(**p)
+            deadline.last = _summary(st)
+            crash = self.verdict_crash(st)
+            if crash is not None:
+                return crash
+            now = time.monotonic()
+            pods = [PodInfo(**p) for g in st["groups"] for p in g["pods"]]
+            unsched = {i.name: i.uid for i in pods if not i.terminating and i.reason.startswith("Unschedulable")}
+            self.autoscaler(unsched, now)
+            for info in pods:
                 key = (info.uid, info.phase, info.ready, info.restarts, info.node, info.reason, info.terminating)
                 if seen.get(info.name) != key:
                     seen[info.name] = key
-                    if on_change:
-                        on_change(info)
-                stuck = (not info.terminating) and (
-                    info.reason.startswith("Unschedulable") or info.reason.split(":")[0] in BAD_WAITING)
-                if stuck:
-                    bad_since.setdefault(info.name, now)
-                    if now - bad_since[info.name] >= grace_s:
-                        names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
-                        return WaitResult(False, f"pod {info.name}: {info.reason}", _events(kube, namespace, names))
+                    if self.on_change:
+                        self.on_change(info)
+                waiting = (not info.terminating) and info.reason.split(":")[0] in BAD_WAITING
+                if info.name in unsched or waiting:
+                    since = bad_since.setdefault(info.name, now)
                 else:
                     bad_since.pop(info.name, None)
-        if st["ready"] and st["updated_replicas"] == st["replicas"] and all(
-                not p["terminating"] for g in st["groups"] for p in g["pods"]):
-            return WaitResult(True, f"{st['replicas']} group(s) x {st['size']} pod(s) Ready")
-        if deadline.expired():
-            break
-        try:
-            outcome = watch_for_change(kube, namespace, pod_selector(release),
-                                       block_s=max(1, min(WATCH_BLOCK_S, int(deadline.left()) or 1)))
-        except ApiUnreachable as e:
-            deadline.last_error, outcome = e.short, "error"
-        except RuntimeFailure:  # the deadline passed during the watch's list
-            break
-        if outcome in ("gone", "error"):
-            backoff.sleep(deadline)
-        else:
-            backoff.reset()
-    names = {q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"]}
-    not_ready = [q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"] if not q["ready"]]
-    msg = (f"not Ready after {deadline.seconds:g} s (waited for {deadline.what}; not ready: "
-           f"{', '.join(not_ready) or 'no pods yet'}; last state seen: {deadline.last or 'none yet'}")
-    if deadline.last_error:
-        msg += f"; last error: {deadline.last_error}"
-    return WaitResult(False, msg + ")", _events(kube, namespace, names) if names else [])
+                    continue
+                names = {q["name"] for gg in st["groups"] for q in gg["pods"]}
+                if waiting:
+                    if now - since >= self.waiting_grace_s:
+                        return WaitResult(False, f"pod {info.name}: {info.reason}", _events(kube, self.ns, names))
+                    continue
+                j = judge_unschedulable(info.name, info.reason, now - since, self.grace_s,
+                                        self.ca_events.get(info.name, []))
+                if j.action == "scaling" and self.ca_said.get(info.name) != j.message:
+                    self.ca_said[info.name] = j.message
+                    self.note(j.message + "; waiting up to the deadline")
+                elif j.action == "fail":
+                    return WaitResult(False, j.message, _events(kube, self.ns, names))
+            if st["ready"] and st["updated_replicas"] == st["replicas"] and all(
+                    not p["terminating"] for g in st["groups"] for p in g["pods"]):
+                return WaitResult(True, f"{st['replicas']} group(s) x {st['size']} pod(s) Ready")
+            if deadline.expired():
+                break
+            try:
+                outcome = watch_for_change(kube, self.ns, pod_selector(self.release), cursor=cursor, on_pod=self.seen,
+                                           block_s=max(1, min(WATCH_BLOCK_S, int(deadline.left()) or 1)))
+            except ApiUnreachable as e:
+                deadline.last_error, outcome = e.short, "error"
+            except RuntimeFailure:  # the deadline passed during the watch's list
+                break
+            if outcome in ("gone", "error"):
+                backoff.sleep(deadline)
+            else:
+                backoff.reset()
+        names = {q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"]}
+        not_ready = [q["name"] for gg in (st or {}).get("groups", []) for q in gg["pods"] if not q["ready"]]
+        msg = (f"not Ready after {deadline.seconds:g} s (waited for {deadline.what}; not ready: "
+               f"{', '.join(not_ready) or 'no pods yet'}; last state seen: {deadline.last or 'none yet'}")
+        if deadline.last_error:
+            msg += f"; last error: {deadline.last_error}"
+        if self.ca_said:
+            msg += "; " + "; ".join(self.ca_said.values())
+        return WaitResult(False, msg + ")", _events(kube, self.ns, names) if names else [])
 
 
 def _events(kube: Kube, namespace: str, names: set[str]) -> list[dict[str, str]]:

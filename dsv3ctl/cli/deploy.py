@@ -103,7 +103,7 @@ def deploy(
     spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None, chart: ChartOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Watch until every group is Ready.")] = True,
     timeout: Annotated[int | None, typer.Option("--timeout", help="Seconds for the preflight reads, helm and the wait for Ready together (the prepare Job has its own deadline, deploy.prepare.timeout_s); default serving.load_timeout_s + 300.")] = None,
-    grace: Annotated[int, typer.Option("--grace", help="Seconds a pod may stay unschedulable / in image-pull or crash-loop backoff before deploy fails.")] = 20,
+    grace: Annotated[int | None, typer.Option("--grace", min=1, help="Seconds a pod may stay unschedulable (with no cluster autoscaler adding nodes for it) before deploy fails; default deploy.unschedulable_grace_s.")] = None,
     create_namespace: Annotated[bool, typer.Option("--create-namespace", help="Create the namespace if missing.")] = False,
     skip_preflight: Annotated[bool, typer.Option("--skip-preflight", help="Do not stop on failed preflight checks (the scheduler then reports).")] = False,
     stop_for_prepare: Annotated[bool, typer.Option(
@@ -117,7 +117,7 @@ def deploy(
 
     Preflight: the LWS CRD is installed; enough schedulable nodes have gpus_per_node allocatable nvidia.com/gpu (and the RDMA resource) with the GPU product label, and that many GPUs still free (not requested by running pods of other releases); the namespace, the token/SSH Secrets and the PVC exist. A failed check exits 2 before anything is changed (--skip-preflight deploys anyway). An API server that does not answer exits 1.
 
-    While waiting, a pod that stays unschedulable (or in image-pull/crash-loop backoff) for --grace seconds ends the wait with its reason and the Warning events, exit 1.
+    While waiting, exit 1 with the evidence when: a group was recreated deploy.max_recreations times (a container restart makes LeaderWorkerSet recreate the whole group, so a crash loop never shows as CrashLoopBackOff): the pod, the count, the container's exit code and reason and its last log lines; a pod stays unschedulable for --grace seconds (default deploy.unschedulable_grace_s) and no cluster autoscaler is adding nodes for it (while one is, the wait goes on up to --timeout); a container stays in image-pull or config-error backoff for 20 s.
     """
     from dsv3ctl.adapters import helm
     from dsv3ctl.adapters import kube as k
@@ -188,13 +188,19 @@ def deploy(
                   f"restarts={p.restarts}{'  (new pod ' + p.uid[:8] + ')' if new else ''}"
                   f"{'  ' + p.reason if p.reason else ''}")
 
-    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)), grace_s=grace,
-                       on_change=change)
-    result.update(ok=res.ok, message=res.message, events=res.events)
+    from rich.markup import escape
+
+    d = values["deploy"]
+    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)),
+                       grace_s=grace if grace is not None else int(d["unschedulable_grace_s"]),
+                       max_recreations=int(d["max_recreations"]), on_change=change, on_note=lambda s: sink.info(f"  {escape(s)}"))
+    result.update(ok=res.ok, message=res.message, events=res.events, details=res.details)
     if not res.ok:
         sink.emit(result, lambda con: None)
         ev = "\n".join(f"  {e['object']}: {e['reason']}: {e['message']}" for e in res.events)
-        raise RuntimeFailure(f"{rel} did not become Ready: {res.message}" + (f"\nevents:\n{ev}" if ev else ""),
+        detail = "\n".join(res.details)
+        raise RuntimeFailure(f"{rel} did not become Ready: {res.message}" + (f"\n{detail}" if detail else "")
+                             + (f"\nevents:\n{ev}" if ev else ""),
                              hint=f"`dsv3ctl status -n {ns} --release {rel}`; `dsv3ctl undeploy -n {ns} --release {rel}`")
     sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
 

@@ -454,6 +454,14 @@ class DeploySpec(_Strict):
                                     "of pulling the serving image); empty = the serving image (its python3)")
     openai_port: int = Field(8080, ge=1024, le=65535, description="trtllm-serve frontend: its OpenAI-compatible port")
     startup_probe_period_s: int = Field(10, ge=1, le=300, description="Leader startupProbe period; failureThreshold = ceil(serving.load_timeout_s / period)")
+    max_recreations: int = Field(3, ge=1, le=1000, description="dsv3ctl deploy --wait fails once a group has been "
+                                                              "recreated this many times (a container restart makes "
+                                                              "LWS recreate the whole group, so a crash loop shows as "
+                                                              "recreations, not CrashLoopBackOff)")
+    unschedulable_grace_s: int = Field(600, ge=1, le=86400, description="dsv3ctl deploy --wait fails once a pod has "
+                                                                        "been unschedulable this long (--grace "
+                                                                        "overrides) and no cluster autoscaler is adding "
+                                                                        "nodes for it; long enough for node autoscaling")
 
 
     @field_validator("extra_volumes")

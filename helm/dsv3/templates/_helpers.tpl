@@ -47,11 +47,11 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- end -}}
 
 {{/* The pod-template checksum: the spec without the keys that change no pod (group count, rollout, PDB,
-     Service, ServiceMonitor, NetworkPolicy, helm test and its image, prepare Job, names), so scaling or a Service change
+     Service, ServiceMonitor, NetworkPolicy, helm test and its image, prepare Job, names, what only `dsv3ctl deploy --wait` reads), so scaling or a Service change
      does not roll the groups. */}}
 {{- define "dsv3.podChecksum" -}}
 {{- $v := include "dsv3.podValues" . | fromYaml -}}
-{{- $_ := set $v "deploy" (omit $v.deploy "replicas" "max_surge" "max_unavailable" "pdb" "service_type" "service_monitor" "network_policy" "helm_test" "helm_test_image" "prepare" "namespace" "release") -}}
+{{- $_ := set $v "deploy" (omit $v.deploy "replicas" "max_surge" "max_unavailable" "pdb" "service_type" "service_monitor" "network_policy" "helm_test" "helm_test_image" "prepare" "namespace" "release" "max_recreations" "unschedulable_grace_s") -}}
 {{- toJson $v | sha256sum -}}
 {{- end -}}
 
