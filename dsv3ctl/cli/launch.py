@@ -1,4 +1,4 @@
-"""``dsv3ctl launch leader|worker|rank|prepare``: the in-container launcher that turns one LeaderWorkerSet group of pods
+"""``dsv3ctl launch leader|worker|rank|prepare|drain``: the in-container launcher that turns one LeaderWorkerSet group of pods
 (or any host list) into one MPI world running Triton/TensorRT-LLM. See docs/launch.md for the contract.
 
 Every value comes from the spec (``--spec``/``DSV3CTL_SPEC``: serving, parallelism, launch sections) and can be
@@ -15,7 +15,8 @@ import typer
 from dsv3ctl.cli._common import OutputFormat, OutputOpt, Sink, SpecOpt, load
 
 launch_app = typer.Typer(name="launch", help="In-container launcher: leader (mpirun), worker (sshd + watchdog), "
-                                             "rank (exec the server of one MPI rank), prepare (fill the volume).",
+                                             "rank (exec the server of one MPI rank), prepare (fill the volume), drain "
+                                             "(preStop: wait for requests in flight).",
                          no_args_is_help=True)
 
 LeaderAddrOpt = Annotated[str | None, typer.Option("--leader-address", envvar="LWS_LEADER_ADDRESS", show_envvar=True,
@@ -249,7 +250,42 @@ def prepare(
     log(f"prepared: {len(recs) - skipped} done, {skipped} skipped")
 
 
+def drain(
+    spec: SpecOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="Triton metrics URL (default: this pod's launch.metrics_port "
+                                                          "on the leader; the leader's, from LWS_LEADER_ADDRESS, on a "
+                                                          "worker).")] = None,
+    leader_address: LeaderAddrOpt = None,
+    worker_index: WorkerIndexOpt = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait at most (default: the pod's "
+                                                                    "termination grace period - 10 s).")] = None,
+    settle: Annotated[float, typer.Option("--settle", help="Seconds to wait first, while the pod's removal from the "
+                                                           "Service's endpoints reaches every node.")] = 5.0,
+) -> None:
+    """preStop hook of every pod of a group: wait until the leader's server has no request in flight (queued in Triton
+    or active in the TensorRT-LLM executor), so a rollout, scale-down or delete lets generations finish before
+    SIGTERM.
+
+    A worker waits on the leader's metrics too: its ranks are part of the same MPI world. Exit 0 when drained (or
+    the metrics endpoint does not answer: nothing is left to wait for), 1 at the deadline with requests in flight.
+    """
+    from dsv3ctl.adapters import launcher as L
+    from dsv3ctl.adapters.drain import drain as run_drain
+    from dsv3ctl.core.deploy_rules import termination_grace_s
+
+    s = load(spec)
+    role = "worker" if worker_index not in (None, 0) else "leader"
+    host = leader_address if role == "worker" and leader_address else "127.0.0.1"
+    target = url or f"http://{host}:{s.launch.metrics_port}/metrics"
+    limit = timeout if timeout is not None else max(1, termination_grace_s(s) - 10)
+    L.log(role, f"drain: waiting up to {limit:.0f} s for the requests in flight on {target} to finish")
+    r = run_drain(target, timeout_s=limit, settle_s=settle)
+    L.log(role, f"drain: {r.message}")
+    raise typer.Exit(0 if r.drained else 1)
+
+
 def register(app: typer.Typer) -> None:
+    launch_app.command("drain")(drain)
     launch_app.command("leader")(leader)
     launch_app.command("prepare")(prepare)
     launch_app.command("worker")(worker)

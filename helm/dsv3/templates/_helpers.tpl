@@ -269,6 +269,12 @@ spec:
         capabilities:
           add: ["IPC_LOCK"]
       {{- end }}
+      lifecycle:
+        # graceful drain (dsv3ctl launch drain): SIGTERM comes after requests in flight finish, at most the
+        # termination grace period - 10 s; a worker waits on the leader's server (one MPI world)
+        preStop:
+          exec:
+            command: ["dsv3ctl", "launch", "drain", "--timeout", {{ max 1 (sub (int ($d.termination_grace_s | default 60)) 10) | quote }}]
       {{- if eq $role "leader" }}
       {{- $path := ternary "/health" "/v2/health/ready" (eq (include "dsv3.trtllmServe" $) "true") }}
       {{- $live := ternary "/health" "/v2/health/live" (eq (include "dsv3.trtllmServe" $) "true") }}
