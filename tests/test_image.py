@@ -203,3 +203,32 @@ def test_image_build_tag_with_a_registry_is_not_glued_onto_the_spec_repository(r
     for bad in ("bad tag", "Registry.example.com/X:1", "reg.example/x:" + "t" * 200):
         r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--tag", bad)
         assert r.code == 2 and "--tag" in r.err, (bad, r.err)
+
+
+def test_test_image_cache_key_covers_the_image_inputs_only():
+    """tools/test-image.sh keys its cache on what goes into the image: an edit of README.md or docs/ must not
+    rebuild it, an edit of the Dockerfile, the install script, dsv3ctl/ or the doubles must."""
+    r = subprocess.run([str(ROOT / "tools" / "test-image.sh"), "--inputs"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    files = set(r.stdout.split())
+    for f in ("docker/Dockerfile", "docker/install-dsv3ctl.sh", ".dockerignore", "constraints.txt", "pyproject.toml",
+              "dsv3ctl/cli/image.py", "dsv3ctl/data/contracts/tritonserver.json", "tests/doubles/triton_server.py",
+              "tests/doubles/tritonserver_standin.py", "helm/dsv3/Chart.yaml"):
+        assert f in files, f
+    assert not any(f.startswith(("docs/", "README", "tests/test_")) for f in files), sorted(files)
+
+
+def test_tritonserver_standin_takes_exactly_the_contract_flags():
+    """The test image's tritonserver double parses with the contract of the real server: the leader-mode argv
+    of every rank passes, an unknown flag or a bad value is refused with exit 2, as getopt_long/ParseOption do."""
+    from dsv3ctl.core.contracts import argparser
+    from dsv3ctl.render.launch import RankConfig, engine_rank_argv
+
+    standin = ROOT / "tests" / "doubles" / "tritonserver_standin.py"
+    p = argparser("tritonserver", prog="tritonserver")
+    for rank in (0, 1):
+        p.parse_args(engine_rank_argv(RankConfig(mode="engine", tp=2), rank)[1:])
+    for bad in (["--bogus"], ["--allow-http=maybe"], ["--http-port=x"]):
+        r = subprocess.run([sys.executable, str(standin), *bad], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "tritonserver: error" in r.stderr, (bad, r.stderr)
+    assert "TEST DOUBLE" in standin.read_text().split('"""')[1]

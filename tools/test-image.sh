@@ -9,7 +9,8 @@
 # under ~/.cache/dsv3ctl/test-image, keyed by a hash of only what goes into the image (the Dockerfile, the
 # install script, .dockerignore, the package sources it copies, the two doubles and this script), so an edit
 # of README.md or docs/ does not rebuild it. buildah uses its own --root/--runroot there, never the system's.
-# Needs root, buildah and mmdebstrap (`make sys-deps`). DSV3CTL_TEST_IMAGE_REBUILD=1 ignores the cache.
+# Needs root, buildah and mmdebstrap (`make sys-deps`). DSV3CTL_TEST_IMAGE_REBUILD=1 ignores the cache;
+# DSV3CTL_CACHE_DIR moves the cache (default ~/.cache/dsv3ctl). `--inputs` lists the files the key hashes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,11 +25,6 @@ INPUTS=(docker/Dockerfile docker/install-dsv3ctl.sh .dockerignore constraints.tx
         tests/doubles/tritonserver_standin.py tools/test-image.sh)
 
 die() { echo "test-image: $*" >&2; exit 1; }
-for t in buildah mmdebstrap; do
-  command -v "$t" >/dev/null || die "$t is not installed: run \`make sys-deps\` (apt: buildah mmdebstrap)"
-done
-[ "$(id -u)" = 0 ] || die "needs root (buildah --isolation chroot and mmdebstrap as root)"
-
 input_files() {
   if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     git -C "$ROOT" ls-files -co --exclude-standard -- "${INPUTS[@]}"
@@ -36,6 +32,16 @@ input_files() {
     (cd "$ROOT" && find "${INPUTS[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*')
   fi | LC_ALL=C sort
 }
+case "${1:-}" in
+  --inputs) input_files; exit 0 ;;
+  "") ;;
+  *) echo "usage: tools/test-image.sh [--inputs]" >&2; exit 2 ;;
+esac
+for t in buildah mmdebstrap; do
+  command -v "$t" >/dev/null || die "$t is not installed: run \`make sys-deps\` (apt: buildah mmdebstrap)"
+done
+[ "$(id -u)" = 0 ] || die "needs root (buildah --isolation chroot and mmdebstrap as root)"
+
 key=$(cd "$ROOT" && input_files | while read -r f; do [ -f "$f" ] && sha256sum "$f"; done | sha256sum | cut -c1-16)
 base_key=$(printf '%s\n' "$BASE_RECIPE" "$MIRROR" | sha256sum | cut -c1-16)
 OUT_DIR=$CACHE/$key
