@@ -105,6 +105,10 @@ mv "$OUT.tmp" "$OUT"
 for d in "$CACHE"/*/; do
   case "$d" in "$OUT_DIR/"|"$CACHE/buildah/") ;; *) [ -f "$d/dsv3ctl-test.docker.tar" ] && rm -rf "$d" ;; esac
 done
+# buildah 1.28 leaves a working container (and its overlay mount) behind for the `FROM oci-archive:` base
+# (one per build, seen here), and a failed build leaves its own: this storage is this script's alone (under
+# the lock), so remove them all
+buildah "${STORE[@]}" rm --all >/dev/null
 buildah "${STORE[@]}" rmi --prune >/dev/null 2>&1 || true
 t1=$(date +%s)
 kill "$sampler" 2>/dev/null || true
