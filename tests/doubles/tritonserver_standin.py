@@ -11,9 +11,10 @@ the serving targets never contain it. It stands in for the real server under the
   come from ``OMPI_COMM_WORLD_RANK`` / ``OMPI_COMM_WORLD_SIZE`` (unset: a world of one).
 - Every rank > 0 checks in with rank 0 over TCP (port ``DSV3CTL_STANDIN_PORT``, default 8010) and keeps the
   connection open. Rank 0's address: ``DSV3CTL_STANDIN_LEADER`` when set, else the TCP addresses of mpirun
-  itself from ``OMPI_MCA_orte_hnp_uri`` (OpenMPI 4 sets it in every rank's environment:
-  open-mpi/ompi v4.1.x ``orte/mca/odls/base/odls_base_default_fns.c``, "pass the hnp's contact info to the
-  local proc"); the launcher runs mpirun on the leader and maps rank 0 to the leader's first slot.
+  itself from ``OMPI_MCA_orte_hnp_uri`` (ORTE's launcher sets it in every rank's environment: open-mpi/ompi
+  @ b217c8ce ``orte/mca/odls/base/odls_base_default_fns.c``, ``opal_setenv("OMPI_MCA_orte_hnp_uri", ...)``
+  after "pass the hnp's contact info to the local proc"; seen as ``<jobid>;tcp://<ip>,...:<port>`` under
+  Debian 12's OpenMPI 4.1); the launcher runs mpirun on the leader and maps rank 0 to the leader's first slot.
 - Rank 0 serves Triton's HTTP and gRPC endpoints with the protocol double :mod:`triton_server` (health,
   metadata, ``generate``/``generate_stream``, gRPC infer) on ``--http-port``/``--grpc-port`` and reports
   ready only once every rank of the world has checked in. Every reply says it comes from a test double:
