@@ -55,10 +55,10 @@ $(KSERVE_VENV)/.installed:
 
 # ---- image, launcher and Slurm ----
 .PHONY: sys-deps
-SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck
+SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck buildah mmdebstrap runc
 IMAGE_TARGET ?= llmapi
 
-sys-deps: ## install the apt packages the namespace and Slurm tests need (only those missing; needs root)
+sys-deps: ## install the apt packages the namespace, Slurm and test-image tests need (only those missing; needs root)
 	@missing=""; for p in $(SYS_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "sys-deps: all present"; \
 	elif [ "$$(id -u)" != 0 ]; then echo "sys-deps: missing$$missing and not root: the netns/slurm tests will skip"; \

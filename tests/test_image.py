@@ -31,7 +31,8 @@ def test_hadolint_passes_and_ignores_are_justified():
 
 def test_dockerfile_targets_and_args_match_the_renderer():
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    assert "AS llmapi\n" in text and "AS engine\n" in text
+    assert "AS llmapi\n" in text and "AS engine\n" in text and "AS test\n" in text
+    assert "FROM ${TEST_BASE} AS test-base\n" in text and "ARG TEST_BASE=" in text
     from dsv3ctl.core.spec import load_spec
     from dsv3ctl.render.image import build_args
 
@@ -57,6 +58,38 @@ def test_image_build_dry_run(run_cli, write_spec):
     assert r.out.splitlines()[0].startswith("buildah build --target engine")  # default target = serving.mode
     r = run_cli("image", "build", "--dry-run", "--target", "nope")
     assert r.code == 2 and "--target" in r.err
+
+
+def test_buildah_gets_the_docker_format_and_the_test_target_its_base(run_cli):
+    """buildah ignores SHELL (bash -o pipefail) in its default OCI format: the rendered argv says
+    --format docker. The test target takes TEST_BASE from --test-base, and only the test target does."""
+    r = run_cli("image", "build", "--dry-run", "--builder", "buildah", "--target", "test", "--test-base",
+                "oci-archive:/tmp/base.tar", "-o", "json")
+    assert r.code == 0, r.err
+    (cmd,) = json.loads(r.out)["commands"]
+    assert cmd[:4] == ["buildah", "build", "--target", "test"]
+    assert cmd[cmd.index("--format") + 1] == "docker" and cmd[-1] == "."
+    assert cmd[cmd.index("--build-arg", cmd.index("--platform")):].count("TEST_BASE=oci-archive:/tmp/base.tar") == 1
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--target", "llmapi", "--test-base", "x:1")
+    assert r.code == 2 and "--test-base" in r.err and "--target test" in r.err
+    r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--target", "test")
+    assert r.code == 0 and "TEST_BASE" not in r.out  # the Dockerfile's default base
+
+
+def test_buildah_flags_the_renderer_uses_are_buildahs(tmp_path):
+    """Every flag of the rendered buildah argv is one `buildah build --help` lists (skips without buildah)."""
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah not installed (make sys-deps installs it)")
+    import re
+
+    from dsv3ctl.core.spec import load_spec
+    from dsv3ctl.render.image import build_commands
+
+    help_text = subprocess.run(["buildah", "build", "--help"], capture_output=True, text=True, check=True).stdout
+    listed = set(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z-]*)", help_text, re.M))
+    cmd = build_commands(load_spec(None), builder="buildah", target="test", test_base="oci-archive:/b.tar").commands[0]
+    used = {a for a in cmd if a.startswith("--")}
+    assert used and used <= listed, used - listed
 
 
 def test_dockerignore_keeps_context_small():
@@ -170,3 +203,32 @@ def test_image_build_tag_with_a_registry_is_not_glued_onto_the_spec_repository(r
     for bad in ("bad tag", "Registry.example.com/X:1", "reg.example/x:" + "t" * 200):
         r = run_cli("image", "build", "--dry-run", "--builder", "docker", "--tag", bad)
         assert r.code == 2 and "--tag" in r.err, (bad, r.err)
+
+
+def test_test_image_cache_key_covers_the_image_inputs_only():
+    """tools/test-image.sh keys its cache on what goes into the image: an edit of README.md or docs/ must not
+    rebuild it, an edit of the Dockerfile, the install script, dsv3ctl/ or the doubles must."""
+    r = subprocess.run([str(ROOT / "tools" / "test-image.sh"), "--inputs"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    files = set(r.stdout.split())
+    for f in ("docker/Dockerfile", "docker/install-dsv3ctl.sh", ".dockerignore", "constraints.txt", "pyproject.toml",
+              "dsv3ctl/cli/image.py", "dsv3ctl/data/contracts/tritonserver.json", "tests/doubles/triton_server.py",
+              "tests/doubles/tritonserver_standin.py", "helm/dsv3/Chart.yaml"):
+        assert f in files, f
+    assert not any(f.startswith(("docs/", "README", "tests/test_")) for f in files), sorted(files)
+
+
+def test_tritonserver_standin_takes_exactly_the_contract_flags():
+    """The test image's tritonserver double parses with the contract of the real server: the leader-mode argv
+    of every rank passes, an unknown flag or a bad value is refused with exit 2, as getopt_long/ParseOption do."""
+    from dsv3ctl.core.contracts import argparser
+    from dsv3ctl.render.launch import RankConfig, engine_rank_argv
+
+    standin = ROOT / "tests" / "doubles" / "tritonserver_standin.py"
+    p = argparser("tritonserver", prog="tritonserver")
+    for rank in (0, 1):
+        p.parse_args(engine_rank_argv(RankConfig(mode="engine", tp=2), rank)[1:])
+    for bad in (["--bogus"], ["--allow-http=maybe"], ["--http-port=x"]):
+        r = subprocess.run([sys.executable, str(standin), *bad], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "tritonserver: error" in r.stderr, (bad, r.stderr)
+    assert "TEST DOUBLE" in standin.read_text().split('"""')[1]

@@ -95,7 +95,8 @@ def resolve_branch(repo: str, ref: str, timeout_s: float = 60.0) -> str:
 
 def build(
     spec: SpecOpt = None,
-    target: Annotated[str | None, typer.Option("--target", help="llmapi | engine (default: serving.mode).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="llmapi | engine (default: serving.mode) | test (a "
+                                                                 "TEST image: no model, a tritonserver test double).")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A tag (0.1.0-engine) or a full reference (registry.example.com/dsv3ctl:0.1.0-engine); default image.repository:image.tag, or {version}-{target} as the tag. deploy pulls image.repository:image.tag of the spec, not this.")] = None,
     push: Annotated[bool, typer.Option("--push", help="Push the image after building.")] = False,
     builder: Annotated[str | None, typer.Option("--builder", help="docker | podman | buildah (default image.builder: "
@@ -103,6 +104,9 @@ def build(
     context: Annotated[Path | None, typer.Option(
         "--context", help="Build context: a dsv3ctl source checkout (has docker/Dockerfile); default: the checkout "
                           "this dsv3ctl runs from, wherever the current directory is.")] = None,
+    test_base: Annotated[str | None, typer.Option(
+        "--test-base", help="--target test only: its Debian 12 base (TEST_BASE), e.g. oci-archive:/path/base.tar "
+                            "(tools/test-image.sh makes one); default debian:bookworm-slim.")] = None,
     dry_run: DryRunOpt = False,
     output: OutputOpt = OutputFormat.table,
 ) -> None:
@@ -141,7 +145,7 @@ def build(
             resolved = resolve_branch(s.image.trtllm_repo, s.image.trtllm_commit)
             sys.stderr.write(f"image.trtllm_commit={s.image.trtllm_commit} resolved to {resolved}\n")
     plan = build_commands(s, builder=chosen, target=tgt, tag=tag, push=push, context=ctx,
-                          vcs_ref=_vcs_ref(Path(ctx)), trtllm_commit=resolved)
+                          vcs_ref=_vcs_ref(Path(ctx)), trtllm_commit=resolved, test_base=test_base or "")
     from dsv3ctl.render.values import image_tag
 
     pulled = f"{s.image.repository}:{image_tag(s)}"

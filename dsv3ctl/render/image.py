@@ -6,9 +6,18 @@ TensorRT-LLM >= 1.0, PyTorch backend and ``trtllm-serve``) and ``engine`` (Tenso
 source: engines only load in the runtime that built them; reference section 0). Every pin is a build
 argument; the Dockerfile records them as OCI labels (``org.opencontainers.image.*`` and ``ai.dsv3ctl.*``).
 
+A third target, ``test``, is for local tests only (Debian 12 ``TEST_BASE``, Debian's OpenMPI and OpenSSH,
+dsv3ctl through the same install script, a tritonserver TEST DOUBLE; no model): ``--test-base`` sets
+``TEST_BASE`` (e.g. ``oci-archive:/path/base.tar``, what tools/test-image.sh passes).
+
 Builders: ``docker buildx build`` (``--push`` pushes from the build, else ``--load``); ``podman build`` then
 ``podman push``; ``buildah build`` then ``buildah push``. The flags used are those builders' documented
-``build``/``push`` options (``--target``, ``--file``, ``--tag``, ``--build-arg``, ``--label``).
+``build``/``push`` options (``--target``, ``--file``, ``--tag``, ``--build-arg``, ``--platform``).
+buildah also gets ``--format docker``: ``buildah build --help`` (buildah 1.28.2, Debian 12) lists
+``--format format of the built image's manifest and metadata ... (default "oci")``, and a build in the
+OCI format ignores the Dockerfile's ``SHELL ["/bin/bash", "-o", "pipefail", "-c"]`` (buildah prints
+"SHELL is not supported for OCI image format, [...] will be ignored. Must use `docker` format"), so
+without it a failing command inside a pipe would not fail the build.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ from dataclasses import dataclass
 from dsv3ctl import __version__
 from dsv3ctl.errors import SpecError
 
-TARGETS = ("llmapi", "engine")
+TARGETS = ("llmapi", "engine", "test")
+#: the targets that serve a model (``test`` runs a TEST DOUBLE in place of tritonserver)
+SERVING_TARGETS = ("llmapi", "engine")
 BUILDERS = ("docker", "podman", "buildah")
 DOCKERFILE = "docker/Dockerfile"
 
@@ -93,10 +104,15 @@ def image_ref(spec, target: str, tag: str | None = None) -> str:  # type: ignore
 
 def build_commands(spec, *, builder: str, target: str, tag: str | None = None, push: bool = False,  # type: ignore[no-untyped-def]
                    context: str = ".", vcs_ref: str = "", platform: str = "linux/amd64",
-                   trtllm_commit: str = "") -> BuildPlan:
-    """The argv lists that build (and with ``push`` push) the image. SpecError for an unknown target/builder."""
+                   trtllm_commit: str = "", test_base: str = "") -> BuildPlan:
+    """The argv lists that build (and with ``push`` push) the image. ``test_base``: ``TEST_BASE`` of the
+    ``test`` target (empty: the Dockerfile's default). SpecError for an unknown target/builder, or a
+    ``test_base`` with another target."""
     if target not in TARGETS:
         raise SpecError(f"--target={target!r}: use one of {', '.join(TARGETS)} (serving.mode picks the default)")
+    if test_base and target != "test":
+        raise SpecError(f"--test-base={test_base!r} with --target={target}: TEST_BASE is the base of the test target "
+                        "only; use --target test, or drop --test-base")
     if builder not in BUILDERS:
         raise SpecError(f"image.builder / --builder={builder!r}: use one of {', '.join(BUILDERS)} or auto")
     ref = image_ref(spec, target, tag)
@@ -104,6 +120,8 @@ def build_commands(spec, *, builder: str, target: str, tag: str | None = None, p
               "--tag", ref, "--platform", platform]
     for k, v in build_args(spec, vcs_ref, trtllm_commit).items():
         common += ["--build-arg", f"{k}={v}"]
+    if test_base:
+        common += ["--build-arg", f"TEST_BASE={test_base}"]
     if builder == "docker":
         cmd = ["docker", "buildx", "build", *common, "--push" if push else "--load", context]
         return BuildPlan(builder, ref, [cmd])
@@ -112,7 +130,7 @@ def build_commands(spec, *, builder: str, target: str, tag: str | None = None, p
         if push:
             cmds.append(["podman", "push", ref])
         return BuildPlan(builder, ref, cmds)
-    cmds = [["buildah", "build", *common, context]]
+    cmds = [["buildah", "build", *common, "--format", "docker", context]]
     if push:
         cmds.append(["buildah", "push", ref])
     return BuildPlan(builder, ref, cmds)
