@@ -687,7 +687,9 @@ def _dns_objects(api: Any) -> None:
         try:
             fn(*args)
         except ApiException as e:
-            if e.status != 409:  # already there (the same apiserver had real nodes before)
+            # already there (the same apiserver had real nodes before): 409, or 422 for the Service whose
+            # ClusterIP is allocated to the existing kube-dns
+            if e.status not in (409, 422) or (e.status == 422 and "already allocated" not in str(e.body)):
                 raise
 
     create(core.create_namespace, {"metadata": {"name": "kube-system"}})
