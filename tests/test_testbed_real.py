@@ -120,15 +120,15 @@ def test_clusterip_service_and_dns_from_the_other_node(real):
     core.create_namespaced_service(ns, {"metadata": {"name": "web"}, "spec": {
         "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
     fqdn = f"web.{ns}.svc.cluster.local"
-    script = (f"for i in $(seq 30); do wget -q -O - http://{fqdn}/index.html && nslookup {fqdn} && exit 0; "
-              "sleep 1; done; exit 1")
+    script = (f"for i in $(seq 60); do echo try $i; wget -q -O - http://{fqdn}/index.html && nslookup {fqdn} "
+              "&& exit 0; sleep 1; done; exit 1")
     core.create_namespaced_pod(ns, pod_body("client", script, node=tb.real_nodes[1], restart="Never"))
     phase = wait_for("client pod finished", lambda: core.read_namespaced_pod("client", ns).status.phase
                      in ("Succeeded", "Failed") and core.read_namespaced_pod("client", ns).status.phase)
     out = core.read_namespaced_pod_log("client", ns)
     assert phase == "Succeeded", out
     svc_ip = core.read_namespaced_service("web", ns).spec.cluster_ip
-    assert "ok" in out.splitlines()[0] and svc_ip in out, out
+    assert "\nok\n" in out and svc_ip in out, out
 
 
 def lws_pods(core, ns: str, name: str) -> list:

@@ -381,8 +381,7 @@ state = {q(str(nd / "containerd" / "state"))}
 
 def _cni_conflist(run_dir: Path, i: int) -> dict[str, Any]:
     """bridge + host-local, portmap, loopback (containernetworking/plugins@v1.9.1 plugins/main/bridge)."""
-    subnet = ipaddress.ip_network(POD_NET).subnets(new_prefix=24)
-    net = next(n for k, n in enumerate(subnet) if k == i)
+    net = ipaddress.IPv4Network(f"{ipaddress.IPv4Network(POD_NET).network_address + 256 * i}/24")
     return {
         "cniVersion": "1.0.0", "name": f"dsv3ctl-{i}",
         "plugins": [
@@ -566,12 +565,11 @@ def start(run_dir: Path, bin_dir: Path, state: dict[str, Any], nodes: int, api_p
             cg.mkdir(exist_ok=True)
         name = f"containerd-{i}"
         pids[name] = spawn(run_dir, state, name, [str(bin_dir / "containerd"), f"--config={nd / 'containerd.toml'}",
-                                                 "--log-level=warn"], env=env)
+                                                  "--log-level=warn"], env=env, into=real)
         write_state(run_dir, state)
     t_ctd = time.monotonic()
     for i in range(nodes):
-        sock = containerd_socket(run_dir, i)
-        wait(f"containerd-{i} socket", sock.exists, left(), run_dir, pids)
+        wait(f"containerd-{i} socket", containerd_socket(run_dir, i).exists, left(), run_dir, pids)
     archive = run_dir / "real" / "pause.oci.tar"
     pause_archive(bin_dir, archive)
     for i in range(nodes):
@@ -819,18 +817,29 @@ def stop(run_dir: Path, state: dict[str, Any], stop_pid: Any, write_state: Any) 
     while time.monotonic() < deadline and (_shims_of(bin_dir, sockets)
                                            or any(_alive(int(p)) for p in pids.values())):
         time.sleep(0.1)
-    for p in pids.values():  # still there after SIGTERM + SIGKILL: say so rather than report a clean host
-        if _alive(int(p)):
-            raise RuntimeFailure(f"testbed: process {p} of the real nodes did not exit after SIGKILL")
+    # any process of this run directory's real nodes still there (its cwd or command line is in run_dir):
+    # SIGKILL it by PID and wait until it is gone, so the caller sees a settled host
+    names = {str(bin_dir / n) for n in ("containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "coredns")}
+    deadline = time.monotonic() + 15
+    while True:
+        left_over = [int(e.split()[0]) for e in _procs_of(bin_dir, run_dir) if e.split(" ", 1)[1] in names]
+        if not left_over:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"testbed: processes {left_over} of the real nodes did not exit after SIGKILL")
+        for p in left_over:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        time.sleep(0.2)
     _unmount_under(run_dir / "real")
     before = real.get("host_before", {})
     # shared paths the kubelet/containerd created (first unmount what lies below them)
-    for p in SHARED_PATHS:
-        if not before.get("paths", {}).get(p, True):
-            _unmount_under(Path(p))
-            shutil.rmtree(p, ignore_errors=True)
+    for shared in SHARED_PATHS:
+        if not before.get("paths", {}).get(shared, True):
+            _unmount_under(Path(shared))
+            shutil.rmtree(shared, ignore_errors=True)
             with contextlib.suppress(OSError):
-                os.unlink(p)
+                os.unlink(shared)
     for link in reversed(real.get("links", [])):
         if link not in before.get("links", []):
             _run(["ip", "link", "del", link], check=False)
