@@ -55,7 +55,7 @@ $(KSERVE_VENV)/.installed:
 
 # ---- image, launcher and Slurm ----
 .PHONY: sys-deps
-SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck buildah mmdebstrap runc
+SYS_DEPS := openmpi-bin openssh-server openssh-client iproute2 shellcheck buildah mmdebstrap runc iptables conntrack ebtables ethtool socat busybox-static
 IMAGE_TARGET ?= llmapi
 
 sys-deps: ## install the apt packages the namespace, Slurm and test-image tests need (only those missing; needs root)
@@ -70,10 +70,11 @@ image: $(STAMP) ## build the container image (IMAGE_TARGET=llmapi|engine; docker
 # --- local Kubernetes testbed (docs/testbed.md) -----------------------------------------------
 TESTBED := $(BIN)/python -m dsv3ctl.adapters.testbed
 
-testbed-up: $(STAMP) tools ## start the local cluster (etcd, apiserver, kcm, scheduler, kwok GPU nodes, LWS) on 127.0.0.1
-	@$(TESTBED) up
+REAL_NODES ?= $(or $(DSV3CTL_REAL_NODES),2)
+testbed-up: $(STAMP) tools ## start the local cluster (etcd, apiserver, kcm, scheduler, kwok GPU nodes, LWS) + REAL_NODES real nodes (default 2; 0 = kwok only)
+	@$(TESTBED) up --real-nodes $(REAL_NODES)
 
-testbed-down: ## stop every testbed process by PID (logs stay in .run/testbed/logs)
+testbed-down: ## stop every testbed process by PID and undo the real nodes' host changes (logs stay in .run/testbed/logs)
 	@$(TESTBED) down
 
 testbed-status: ## health of each testbed component and the number of Ready nodes

@@ -64,7 +64,9 @@ def testbed(request):
     only if a test session started it and no other session still uses it (``DSV3CTL_TESTBED_KEEP=1``
     keeps it). Returns a :class:`dsv3ctl.adapters.testbed.Testbed` with
     ``kubeconfig``, ``bin_dir``, ``env``, ``helm``, ``helm3``, ``kubectl``, ``kubeconform``, ``lws_crd_dir``,
-    ``nodes`` and ``api_client()``. On failure the component log tails are printed.
+    ``nodes``, ``real_nodes``, ``load_image()`` and ``api_client()``. On failure the component log tails are
+    printed. Real nodes (``DSV3CTL_REAL_NODES``, default 2) are started only when a collected test is marked
+    ``realnodes``; a kwok-only session never changes the host.
     """
     import contextlib
 
@@ -72,8 +74,10 @@ def testbed(request):
     from dsv3ctl.errors import Dsv3Error
 
     run_dir = Path(os.environ.get("DSV3CTL_PYTEST_TESTBED_DIR") or Path(__file__).resolve().parents[1] / ".run" / "testbed-pytest")
+    # real nodes (kubelet + containerd, ~10 s and host changes) only when a collected test needs them
+    wants_real = any(item.get_closest_marker("realnodes") for item in request.session.items)
     try:
-        handle = tb.acquire(run_dir=run_dir)
+        handle = tb.acquire(run_dir=run_dir, real_nodes=tb.default_real_nodes() if wants_real else 0)
     except Dsv3Error as e:
         pytest.fail(f"testbed did not come up: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), pytrace=False)
     failed_before = request.session.testsfailed

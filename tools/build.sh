@@ -17,11 +17,16 @@ K8S_VERSION=1.36.3          # tools/k8s/go.mod: k8s.io/kubernetes v1.36.3, stagi
 K8S_MINOR=36
 HELM4_VERSION=v4.2.4        # tools/helm4/go.mod
 HELM3_VERSION=v3.21.4       # tools/helm3/go.mod
+CONTAINERD_VERSION=v2.3.7   # tools/containerd/go.mod (real nodes: containerd, ctr, containerd-shim-runc-v2)
+CNI_VERSION=v1.9.1          # tools/cni/go.mod (containernetworking/plugins: bridge, host-local, loopback, portmap)
+COREDNS_VERSION=v1.14.7     # tools/coredns/go.mod + main.go (a minimal CoreDNS: only the plugins the testbed uses)
+PAUSE_VERSION=3.10.2        # build/pause/Makefile TAG in the k8s.io/kubernetes v1.36.3 module; pause.c built with gcc -static
 
 # The key covers what changes the binaries (pinned modules, versions stamped in, Go), not this script's
 # other lines: editing the share-copy step below must not trigger a 30-minute rebuild.
-key=$( { echo "k8s=$K8S_VERSION helm4=$HELM4_VERSION helm3=$HELM3_VERSION"
-         for f in "$here"/*/go.mod "$here"/*/go.sum; do echo "${f#"$here"/}"; cat "$f"; done; go version; } \
+key=$( { echo "k8s=$K8S_VERSION helm4=$HELM4_VERSION helm3=$HELM3_VERSION containerd=$CONTAINERD_VERSION"
+         echo "cni=$CNI_VERSION coredns=$COREDNS_VERSION pause=$PAUSE_VERSION"
+         for f in "$here"/*/go.mod "$here"/*/go.sum "$here"/*/main.go; do echo "${f#"$here"/}"; cat "$f"; done; go version; } \
        | sha256sum | cut -c1-16)
 root=${DSV3CTL_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dsv3ctl/tools}
 bin="$root/$key/bin"
@@ -58,7 +63,7 @@ for kv in gitVersion=v$K8S_VERSION gitMajor=1 gitMinor=$K8S_MINOR gitTreeState=c
 done
 
 build_k8s() {
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     gobuild k8s "$c" "$k8s_ldflags" "k8s.io/kubernetes/cmd/$c"
   done
 }
@@ -74,7 +79,40 @@ build_kwok() { gobuild kwok kwok "-s -w" sigs.k8s.io/kwok/cmd/kwok && gobuild kw
 step kwok kwok kwokctl -- build_kwok
 step lws lws-manager -- gobuild lws lws-manager "-s -w" sigs.k8s.io/lws/cmd
 # kubectl comes from the same release as the server, so client and server never skew.
-step k8s kube-apiserver kube-controller-manager kube-scheduler kubectl -- build_k8s
+step k8s kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy -- build_k8s
+
+# ---- real nodes (docs/testbed.md "Real nodes") ----
+# containerd: build tag no_btrfs (no btrfs headers with CGO off); version stamped as its Makefile does
+# (github.com/containerd/containerd v2.3.7 Makefile: -X $(PKG)/version.Version / .Revision / .Package).
+ctd_pkg=github.com/containerd/containerd/v2
+ctd_ldflags="-s -w -X $ctd_pkg/version.Version=$CONTAINERD_VERSION -X $ctd_pkg/version.Revision=none -X $ctd_pkg/version.Package=$ctd_pkg"
+build_containerd() {
+  for c in containerd ctr containerd-shim-runc-v2; do
+    (cd "$here/containerd" && go build -tags no_btrfs -ldflags "$ctd_ldflags" -o "$bin/.$c.tmp" "$ctd_pkg/cmd/$c") \
+      && mv -f "$bin/.$c.tmp" "$bin/$c"
+  done
+}
+step containerd containerd ctr containerd-shim-runc-v2 -- build_containerd
+# CNI plugins: version stamp as in containernetworking/plugins v1.9.1 build_linux.sh (pkg/utils/buildversion).
+cni_ldflags="-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_VERSION"
+build_cni() {
+  mkdir -p "$bin/cni"
+  for p in main/bridge ipam/host-local main/loopback meta/portmap; do
+    local n=${p#*/}
+    (cd "$here/cni" && go build -ldflags "$cni_ldflags" -o "$bin/cni/.$n.tmp" "github.com/containernetworking/plugins/plugins/$p") \
+      && mv -f "$bin/cni/.$n.tmp" "$bin/cni/$n"
+  done
+}
+step cni cni/bridge cni/host-local cni/loopback cni/portmap -- build_cni
+step coredns coredns -- gobuild coredns coredns "-s -w -X github.com/coredns/coredns/coremain.GitCommit=none" .
+# pause: the sandbox process of every pod, from the same k8s.io/kubernetes module as kubelet; CFLAGS as in
+# its build/pause/Makefile (-Os -Wall -Werror -static -DVERSION=...). Needs gcc and a static libc (libc6-dev).
+build_pause() {
+  local src
+  src=$(cd "$here/k8s" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION" -o "$bin/.pause.tmp" "$src" && mv -f "$bin/.pause.tmp" "$bin/pause"
+}
+step pause pause -- build_pause
 
 # Data the testbed needs at run time, copied from the Go module cache of the same pinned modules so the
 # testbed never needs Go or the network: the LWS CRDs and webhook manifest (same tag as lws-manager) and

@@ -118,6 +118,27 @@ def _check_tools(bin_dir: Path) -> Path:
     return share
 
 
+REAL_NODE_BINARIES = ("kubelet", "kube-proxy", "containerd", "ctr", "containerd-shim-runc-v2", "coredns", "pause",
+                      "cni/bridge", "cni/host-local", "cni/loopback", "cni/portmap")
+MAX_REAL_NODES = 8
+
+
+def _check_real_tools(bin_dir: Path) -> None:
+    missing = [b for b in REAL_NODE_BINARIES if not os.access(bin_dir / b, os.X_OK)]
+    if missing:
+        raise RuntimeFailure(f"real-node tools missing in {bin_dir}: {', '.join(missing)}",
+                             hint="run `make tools` (tools/build.sh) first")
+
+
+def default_real_nodes() -> int:
+    """``$DSV3CTL_REAL_NODES`` (an integer), else 2: what ``make testbed-up`` starts."""
+    v = os.environ.get("DSV3CTL_REAL_NODES", "2")
+    try:
+        return int(v)
+    except ValueError:
+        raise SpecError(f"DSV3CTL_REAL_NODES must be an integer, got {v!r}", hint="DSV3CTL_REAL_NODES=2") from None
+
+
 # --------------------------------------------------------------------------------------------- handle
 
 
@@ -166,6 +187,32 @@ class Testbed:
     @property
     def nodes(self) -> list[str]:
         return [f"{NODE_PREFIX}{i}" for i in range(int(self.state.get("nodes", DEFAULT_NODES)))]
+
+    @property
+    def real_nodes(self) -> list[str]:
+        """Names of the real (kubelet + containerd) nodes; empty when the testbed has none."""
+        from dsv3ctl.adapters import realnodes
+
+        return [realnodes.node_name(i) for i in range(int(self.state.get("real", {}).get("nodes", 0)))]
+
+    def load_image(self, archive: Path) -> list[str]:
+        """Import a docker-archive or OCI tar into every real node's containerd (namespace k8s.io), so pods
+        with ``imagePullPolicy: Never``/``IfNotPresent`` find it. Returns the image names present on every
+        real node afterwards."""
+        from dsv3ctl.adapters import realnodes
+
+        if not self.real_nodes:
+            raise RuntimeFailure(f"the testbed in {self.run_dir} has no real nodes to load {archive} into",
+                                 hint="start it with real nodes: make testbed-up (DSV3CTL_REAL_NODES=2)")
+        if not Path(archive).is_file():
+            raise RuntimeFailure(f"image archive {archive} not found")
+        present: set[str] | None = None
+        for i in range(len(self.real_nodes)):
+            sock = realnodes.containerd_socket(self.run_dir, i)
+            realnodes.import_image(self.bin_dir, sock, Path(archive))
+            names = set(realnodes.list_images(self.bin_dir, sock))
+            present = names if present is None else present & names
+        return sorted(present or ())
 
     @property
     def env(self) -> dict[str, str]:
@@ -272,16 +319,18 @@ def _stop_pid(pid: int, exe: str, grace_s: float = 10.0) -> bool:
 
 
 def _spawn(run_dir: Path, state: dict[str, Any], name: str, argv: list[str],
-           env: dict[str, str] | None = None) -> int:
-    """Start one component detached (own session), log to logs/<name>.log, record its PID at once."""
+           env: dict[str, str] | None = None, into: dict[str, Any] | None = None) -> int:
+    """Start one component detached (own session), log to logs/<name>.log, record its PID at once
+    (in ``into`` when given, a part of ``state`` such as the real nodes' record; else in ``state``)."""
     log = open(run_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     log.write(f"\n=== {_dt.datetime.now().isoformat(timespec='seconds')} {' '.join(argv)}\n".encode())
     log.flush()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             cwd=run_dir, env=env, start_new_session=True)
     log.close()
-    state.setdefault("pids", {})[name] = proc.pid
-    state.setdefault("exes", {})[name] = argv[0]
+    rec = state if into is None else into
+    rec.setdefault("pids", {})[name] = proc.pid
+    rec.setdefault("exes", {})[name] = argv[0]
     _write_state(run_dir, state)
     atomic_write_text(run_dir / "pids" / f"{name}.pid", f"{proc.pid}\n")
     return proc.pid
@@ -311,7 +360,7 @@ def _make_pki(pki: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import NameOID
 
     pki.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
@@ -340,33 +389,50 @@ def _make_pki(pki: Path) -> None:
     (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (pki / "ca.key").write_bytes(key_pem(ca_key))
 
-    def leaf(stem: str, subject: x509.Name, server: bool, dns: list[str], ips: list[str]) -> None:
-        k = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject).public_key(k.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
-        if dns or ips:
-            sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-            sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (pki / f"{stem}.key").write_bytes(key_pem(k))
-
-    leaf("apiserver", name("kube-apiserver"), True,
-         ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-          "localhost"], ["127.0.0.1", "10.96.0.1"])
-    leaf("admin", name("dsv3ctl-testbed-admin", "system:masters"), False, [], [])
+    issue_cert(pki, "apiserver", "kube-apiserver", None, True,
+               ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+                "localhost"], ["127.0.0.1", "10.96.0.1"])
+    issue_cert(pki, "admin", "dsv3ctl-testbed-admin", "system:masters", False)
+    # the apiserver's client cert towards kubelets (logs, exec, port-forward on real nodes)
+    issue_cert(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", False)
     webhook = pki / "webhook"
     webhook.mkdir(exist_ok=True)
-    leaf("webhook/tls", name("lws-webhook"), True, ["localhost"], ["127.0.0.1"])
+    issue_cert(pki, "webhook/tls", "lws-webhook", None, True, ["localhost"], ["127.0.0.1"])
     sa = ec.generate_private_key(ec.SECP256R1())
     (pki / "sa.key").write_bytes(key_pem(sa))
     (pki / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def issue_cert(pki: Path, stem: str, cn: str, org: str | None, server: bool, dns: list[str] | None = None,
+               ips: list[str] | None = None) -> None:
+    """A leaf cert ``<pki>/<stem>.crt`` + key signed by the testbed CA (``pki/ca.{crt,key}``), EC P-256."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key: Any = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    k = ec.generate_private_key(ec.SECP256R1())
+    b = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca.subject).public_key(k.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + _dt.timedelta(days=30))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                               else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
+    if dns or ips:
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns or []]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips or []]
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = b.sign(ca_key, hashes.SHA256())
+    (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / f"{stem}.key").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
 
 
 def _b64(p: Path) -> str:
@@ -374,19 +440,24 @@ def _b64(p: Path) -> str:
 
 
 def _write_kubeconfig(run_dir: Path, api_port: int) -> None:
+    pki = run_dir / "pki"
+    write_kubeconfig(run_dir / "kubeconfig", api_port, pki / "admin.crt", pki / "admin.key", pki)
+
+
+def write_kubeconfig(path: Path, api_port: int, crt: Path, key: Path, pki: Path) -> None:
+    """A kubeconfig for ``https://127.0.0.1:<api_port>`` with the client cert ``crt``/``key`` (mode 0600)."""
     import yaml
 
-    pki = run_dir / "pki"
     cfg = {
         "apiVersion": "v1", "kind": "Config", "current-context": "dsv3ctl-testbed", "preferences": {},
         "clusters": [{"name": "dsv3ctl-testbed", "cluster": {
             "server": f"https://127.0.0.1:{api_port}", "certificate-authority-data": _b64(pki / "ca.crt")}}],
         "users": [{"name": "dsv3ctl-testbed-admin", "user": {
-            "client-certificate-data": _b64(pki / "admin.crt"), "client-key-data": _b64(pki / "admin.key")}}],
+            "client-certificate-data": _b64(crt), "client-key-data": _b64(key)}}],
         "contexts": [{"name": "dsv3ctl-testbed", "context": {
             "cluster": "dsv3ctl-testbed", "user": "dsv3ctl-testbed-admin", "namespace": "default"}}],
     }
-    atomic_write_text(run_dir / "kubeconfig", yaml.safe_dump(cfg, sort_keys=False), mode=0o600)
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False), mode=0o600)
 
 
 # --------------------------------------------------------------------------------------------- health
@@ -551,11 +622,15 @@ def healthy(run_dir: Path | None = None) -> bool:
     state = _read_state(run_dir)
     if not state.get("up"):
         return False
+    real = state.get("real", {})
+    if any(not _proc_alive(int(pid), real.get("exes", {}).get(n)) for n, pid in real.get("pids", {}).items()):
+        return False
     return all(_component_health(run_dir, state, c)[0] for c in COMPONENTS)
 
 
 def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | None = None,
-       timeout_s: float = 300.0, owner: str = "manual", register_user: bool = False) -> Testbed:
+       timeout_s: float = 300.0, owner: str = "manual", register_user: bool = False,
+       real_nodes: int = 0) -> Testbed:
     """Start the testbed (or reuse a healthy one in ``run_dir``) and wait until every node is Ready.
 
     ``nodes`` fake GPU nodes (8 ``nvidia.com/gpu`` each); ``timeout_s`` bounds the whole start (seconds).
@@ -566,6 +641,9 @@ def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | 
     """
     if not 1 <= nodes <= 64:
         raise SpecError(f"testbed nodes must be between 1 and 64, got {nodes}")
+    if not 0 <= real_nodes <= MAX_REAL_NODES:
+        raise SpecError(f"testbed real nodes must be between 0 and {MAX_REAL_NODES}, got {real_nodes}",
+                        hint="--real-nodes 2 (the default of `make testbed-up`) or 0 for kwok nodes only")
     run_dir = (run_dir or default_run_dir()).resolve()
     bin_dir = (bin_dir or tools_bin_dir()).resolve()
     with _locked(run_dir):
@@ -574,12 +652,18 @@ def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | 
             if int(state.get("nodes", 0)) != nodes:
                 raise RuntimeFailure(f"a testbed with {state.get('nodes')} nodes already runs in {run_dir}, "
                                      f"{nodes} wanted", hint="make testbed-down, or set DSV3CTL_TESTBED_DIR")
+            if int(state.get("real_nodes", 0)) < real_nodes:
+                raise RuntimeFailure(f"a testbed with {state.get('real_nodes', 0)} real nodes already runs in "
+                                     f"{run_dir}, {real_nodes} wanted",
+                                     hint="make testbed-down first (or DSV3CTL_TESTBED_DIR for another cluster)")
             tb = Testbed(run_dir, Path(state.get("bin_dir", bin_dir)), started=False, state=state)
         else:
             _stop_all(run_dir)
             share = _check_tools(bin_dir)
             try:
-                state = _start(run_dir, bin_dir, share, nodes, timeout_s, owner)
+                if real_nodes:
+                    _check_real_tools(bin_dir)
+                state = _start(run_dir, bin_dir, share, nodes, timeout_s, owner, real_nodes)
             except BaseException:
                 _stop_all(run_dir)
                 raise
@@ -590,7 +674,8 @@ def up(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, bin_dir: Path | 
         return tb
 
 
-def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: float, owner: str) -> dict[str, Any]:
+def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: float, owner: str,
+           real_nodes: int = 0) -> dict[str, Any]:
     t0 = time.monotonic()
     deadline = t0 + timeout_s
 
@@ -608,7 +693,8 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
     ports = {"etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": _free_port(), "kcm": _free_port(),
              "scheduler": _free_port(), "kwok": _free_port(), "webhook": _free_port(WEBHOOK_PORT),
              "lws_health": _free_port()}
-    state: dict[str, Any] = {"up": False, "owner": owner, "nodes": nodes, "bin_dir": str(bin_dir),
+    state: dict[str, Any] = {"up": False, "owner": owner, "nodes": nodes, "real_nodes": real_nodes,
+                             "bin_dir": str(bin_dir),
                              "ports": ports, "pids": {}, "exes": {}, "k8s_version": K8S_VERSION,
                              "created": _dt.datetime.now().isoformat(timespec="seconds")}
     _write_state(run_dir, state)
@@ -644,6 +730,12 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
         f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
         "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        # towards real kubelets (logs/exec/port-forward): connect to the node IP, never resolve node names
+        # through the host's DNS; client cert the kubelets accept, their serving certs checked against the CA
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
     ], env=clean_env)
     _wait("kube-apiserver /readyz", lambda: _http_ok(_health_urls(state)["kube-apiserver"], run_dir)[0],
           left(), run_dir, {"etcd": pid, "kube-apiserver": pid_api})
@@ -720,6 +812,14 @@ def _start(run_dir: Path, bin_dir: Path, share: Path, nodes: int, timeout_s: flo
     for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
         _wait(f"{name} healthz", lambda n=name: _component_health(run_dir, state, n)[0], left(), run_dir, pids)
     api.close()
+    state["seconds_to_control_plane"] = round(time.monotonic() - t0, 1)
+    if real_nodes:
+        from dsv3ctl.adapters import realnodes
+
+        realnodes.make_node_pki(pki, real_nodes)
+        realnodes.start(run_dir, bin_dir, state, real_nodes, ports["apiserver"], spawn=_spawn, wait=_wait,
+                        free_port=_free_port, write_state=_write_state, deadline=deadline,
+                        gpu_product=GPU_PRODUCT, gpus=GPUS_PER_NODE, rdma=RDMA_PER_NODE)
     state["up"] = True
     state["seconds_to_apiserver"] = round(t_api, 1)
     state["seconds_to_ready"] = round(time.monotonic() - t0, 1)
@@ -736,6 +836,10 @@ def _rmtree(p: Path) -> None:
 def _stop_all(run_dir: Path) -> list[str]:
     state = _read_state(run_dir)
     stopped = []
+    if state.get("real"):
+        from dsv3ctl.adapters import realnodes
+
+        stopped += realnodes.stop(run_dir, state, _stop_pid, _write_state)
     pids = state.get("pids", {})
     exes = state.get("exes", {})
     for name in reversed(COMPONENTS):
@@ -748,6 +852,42 @@ def _stop_all(run_dir: Path) -> list[str]:
         f.unlink()
     _rmtree(run_dir / "etcd-data")
     return stopped
+
+
+def stop_real_nodes(run_dir: Path) -> list[str]:
+    """Stop only the real nodes of a running testbed and undo their host changes (the control plane and
+    kwok nodes stay). Returns what was stopped."""
+    from dsv3ctl.adapters import realnodes
+
+    with _locked(run_dir):
+        state = _read_state(run_dir)
+        return realnodes.stop(run_dir, state, _stop_pid, _write_state)
+
+
+def start_real_nodes(run_dir: Path, nodes: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Add ``nodes`` real nodes to a running testbed that has none. Returns the timing figures (seconds)."""
+    from dsv3ctl.adapters import realnodes
+
+    with _locked(run_dir):
+        state = _read_state(run_dir)
+        if not state.get("up"):
+            raise RuntimeFailure(f"no testbed runs in {run_dir}", hint="make testbed-up")
+        if state.get("real", {}).get("pids"):
+            raise RuntimeFailure(f"the testbed in {run_dir} already has real nodes")
+        bin_dir = Path(state["bin_dir"])
+        _check_real_tools(bin_dir)
+        realnodes.make_node_pki(run_dir / "pki", nodes)
+        try:
+            secs = realnodes.start(run_dir, bin_dir, state, nodes, int(state["ports"]["apiserver"]), spawn=_spawn,
+                                   wait=_wait, free_port=_free_port, write_state=_write_state,
+                                   deadline=time.monotonic() + timeout_s, gpu_product=GPU_PRODUCT,
+                                   gpus=GPUS_PER_NODE, rdma=RDMA_PER_NODE)
+        except BaseException:
+            realnodes.stop(run_dir, state, _stop_pid, _write_state)
+            raise
+        state["real_nodes"] = nodes
+        _write_state(run_dir, state)
+        return secs
 
 
 def down(run_dir: Path | None = None) -> list[str]:
@@ -802,12 +942,14 @@ def status_line(s: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- pytest use
 
 
-def acquire(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, timeout_s: float = 300.0) -> Testbed:
+def acquire(nodes: int = DEFAULT_NODES, run_dir: Path | None = None, timeout_s: float = 300.0,
+            real_nodes: int = 0) -> Testbed:
     """Use the testbed from a test session: reuse a healthy one or start one (owner "pytest").
 
     Registers this process under ``<run_dir>/users/<pid>``; pair with :func:`release`. Errors as :func:`up`.
     """
-    return up(nodes=nodes, run_dir=run_dir, timeout_s=timeout_s, owner="pytest", register_user=True)
+    return up(nodes=nodes, run_dir=run_dir, timeout_s=timeout_s, owner="pytest", register_user=True,
+              real_nodes=real_nodes)
 
 
 def release(tb: Testbed) -> bool:
@@ -848,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     pu = sub.add_parser("up", help="start (or reuse) the cluster; wait until all nodes are Ready")
     pu.add_argument("--nodes", type=int, default=DEFAULT_NODES)
+    pu.add_argument("--real-nodes", type=int, default=None,
+                    help="real kubelet+containerd nodes next to the kwok ones (default $DSV3CTL_REAL_NODES or 2)")
     pu.add_argument("--timeout", type=float, default=300.0, help="seconds")
     sub.add_parser("down", help="stop every component by PID")
     ps = sub.add_parser("status", help="health of every component; exit 1 if not healthy")
@@ -857,10 +1001,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "up":
             t0 = time.monotonic()
-            tb = up(nodes=a.nodes, run_dir=a.run_dir, timeout_s=a.timeout, owner="manual")
+            real = default_real_nodes() if a.real_nodes is None else a.real_nodes
+            tb = up(nodes=a.nodes, run_dir=a.run_dir, timeout_s=a.timeout, owner="manual", real_nodes=real)
             how = "started" if tb.started else "already running, reused"
-            print(f"testbed {how}: {len(tb.nodes)} GPU nodes Ready in {time.monotonic() - t0:.1f} s; "
-                  f"KUBECONFIG={tb.kubeconfig}")
+            print(f"testbed {how}: {len(tb.nodes)} kwok GPU nodes + {len(tb.real_nodes)} real nodes Ready in "
+                  f"{time.monotonic() - t0:.1f} s; KUBECONFIG={tb.kubeconfig}")
+            if tb.started:
+                secs = tb.state.get("real", {}).get("seconds") or {}
+                print(f"  control plane {tb.state.get('seconds_to_control_plane')} s"
+                      + "".join(f"; {k.replace('_', ' ')} {v} s" for k, v in secs.items()))
             print('use it from a shell: eval "$(make -s testbed-env)"')
         elif a.cmd == "down":
             stopped = down(a.run_dir)
