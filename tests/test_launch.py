@@ -226,3 +226,13 @@ def test_launch_rank_dry_run_json(run_cli, monkeypatch):
     assert doc["env"]["OMPI_COMM_WORLD_RANK"] == "3" and "HF_TOKEN" in doc["inherited_env"]
     assert "secret-value" not in r.out
     assert run_cli("launch", "rank", "--rank", "0", "-o", "json").code == 2  # json needs --dry-run
+
+
+def test_spec_skip_preflight_choices_are_the_launchers_checks():
+    import typing
+
+    from dsv3ctl.adapters.launcher import PREFLIGHT_CHECKS
+    from dsv3ctl.core.spec import LaunchSpec
+
+    ann = LaunchSpec.model_fields["skip_preflight"].annotation
+    assert set(typing.get_args(typing.get_args(ann)[0])) == set(PREFLIGHT_CHECKS)

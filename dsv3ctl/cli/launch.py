@@ -141,7 +141,7 @@ def leader(
                     extra_llm_api_options=extra_llm_api_options)
     rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("leader", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
-                rdma=rdma_on, gpus_per_node=gpn, skip=skip_preflight or [], rdma_source=rdma_source)
+                rdma=rdma_on, gpus_per_node=gpn, skip=skip_preflight or lc.skip_preflight, rdma_source=rdma_source)
     fabric = _fabric_opts(s, fabric_check or ("enforce" if fabric_only and s.launch.fabric_check in ("auto", "off")
                                               else None), rdma_on, len(group))
     rc = L.run_leader(group=group, slots=gpn, cfg=cfg, ssh_port=ssh_port or lc.ssh_port,
@@ -170,7 +170,7 @@ def worker(
     rdma_on, rdma_source = _rdma(s, rdma)
     L.preflight("worker", shm_min_gib=lc.shm_min_gib if shm_min_gib is None else shm_min_gib,
                 rdma=rdma_on, gpus_per_node=gpus_per_node or s.parallelism.gpus_per_node,
-                skip=skip_preflight or [], rdma_source=rdma_source)
+                skip=skip_preflight or lc.skip_preflight, rdma_source=rdma_source)
     rc = L.run_worker(group=group, ssh_port=ssh_port or lc.ssh_port,
                       secret_dir=str(ssh_secret_dir or lc.ssh_secret_dir), runtime_dir=str(runtime_dir or lc.runtime_dir))
     raise typer.Exit(rc)

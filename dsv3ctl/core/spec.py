@@ -242,6 +242,9 @@ class LaunchSpec(_Strict):
     grpc_port: int = Field(8001, ge=1, le=65535)
     metrics_port: int = Field(8002, ge=1, le=65535)
     shm_min_gib: float = Field(8.0, ge=0, description="Preflight: smallest /dev/shm (GiB) the ranks may start with")
+    skip_preflight: list[Literal["shm", "memlock", "infiniband", "gpus"]] = Field(
+        default_factory=list, description="Preflight checks the leader and worker pods skip (as --skip-preflight): "
+                                          "e.g. gpus on nodes whose containers see no GPU devices")
     rdma: bool = Field(False, description="An RDMA resource was requested: preflight needs /dev/infiniband and "
                                           "an unlimited memlock limit")
     fabric_check: Literal["auto", "off", "warn", "enforce"] = Field(
