@@ -154,10 +154,15 @@ def preflight(role: str, *, shm_min_gib: float, rdma: bool, gpus_per_node: int, 
     bad = [s for s in skip if s not in PREFLIGHT_CHECKS]
     if bad:
         raise SpecError(f"--skip-preflight {bad[0]!r}: unknown check; use one of {', '.join(PREFLIGHT_CHECKS)}")
-    errs = preflight_errors(measure(), shm_min_gib=shm_min_gib, rdma=rdma, gpus_per_node=gpus_per_node, skip=skip,
+    facts = measure()
+    errs = preflight_errors(facts, shm_min_gib=shm_min_gib, rdma=rdma, gpus_per_node=gpus_per_node, skip=skip,
                             rdma_source=rdma_source)
     if errs:
         raise RuntimeFailure("preflight failed:\n  " + "\n  ".join(errs))
+    if rdma and "memlock" not in skip:
+        limit = "unlimited" if facts.memlock_soft == resource.RLIM_INFINITY else f"{facts.memlock_soft} bytes"
+        log(role, f"memlock limit {limit}" + (", CAP_IPC_LOCK held: RDMA's pinned memory is not limited by it"
+                                             if facts.cap_ipc_lock else ""))
     log(role, "preflight ok" + (f" (skipped: {', '.join(skip)})" if skip else ""))
 
 

@@ -170,7 +170,10 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- $anti := dict "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list (dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "dsv3.selectorLabels" $ | fromYaml))))) }}
+  {{- /* one serving pod per node: only the release's leader and worker pods repel each other (the helm test and
+       prepare pods may share a node with them) */}}
+  {{- $roles := list (dict "key" "app.kubernetes.io/component" "operator" "In" "values" (list "leader" "worker")) }}
+  {{- $anti := dict "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list (dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "dsv3.selectorLabels" $ | fromYaml) "matchExpressions" $roles)))) }}
   affinity:
     {{- toYaml (mustMergeOverwrite $anti (deepCopy $d.affinity)) | nindent 4 }}
   {{- with $d.tolerations }}
