@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from dsv3ctl.core.names import Names
 from dsv3ctl.core.planner import Check  # one check record for plan and preflight
 from dsv3ctl.errors import RuntimeFailure
 
@@ -132,20 +133,22 @@ class ApiUnreachable(RuntimeFailure):
         self.short = short or message
 
 
-def fullname(release: str) -> str:
-    """The chart's object base name, as ``dsv3.fullname`` in helm/dsv3/templates/_helpers.tpl computes it:
-    truncated to 40 characters, then sprig's ``trimSuffix "-"`` removes one trailing dash (not all of them).
-    tests/test_packaging.py checks the two agree for many release names."""
-    name = release if "dsv3" in release else f"{release}-dsv3"
-    return name[:40].removesuffix("-")
+def names(release: str | Names) -> Names:
+    """The release's object names (:class:`dsv3ctl.core.names.Names`); a bare release name has no overrides."""
+    return release if isinstance(release, Names) else Names(release)
 
 
-def selector(release: str) -> str:
-    return f"app.kubernetes.io/instance={release},app.kubernetes.io/name=dsv3"
+def fullname(release: str | Names) -> str:
+    """The chart's object base name (``dsv3.fullname``, computed by :class:`dsv3ctl.core.names.Names`)."""
+    return names(release).fullname
 
 
-def pod_selector(release: str) -> str:
-    return selector(release) + ",app.kubernetes.io/component in (leader,worker)"
+def selector(release: str | Names) -> str:
+    return names(release).selector
+
+
+def pod_selector(release: str | Names) -> str:
+    return names(release).pod_selector
 
 
 class _HasMeta(Protocol):
@@ -282,7 +285,7 @@ class Kube:
                 return None
             raise
 
-    def pods(self, namespace: str, release: str) -> list[Any]:
+    def pods(self, namespace: str, release: str | Names) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=pod_selector(release)).items
 
     def warning_events(self, namespace: str, names: set[str]) -> list[dict[str, str]]:
@@ -725,12 +728,13 @@ def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> 
     return None
 
 
-def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False,
+def status(kube: Kube, namespace: str, release: str | Names, *, fabric: bool = False,
            on_pod: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release; with ``fabric`` each
     group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs).
     ``on_pod`` gets every pod object listed (the wait's crash-loop history)."""
     name = fullname(release)
+    rel = names(release).release
     lws = kube.get_lws(namespace, name)
     raw = kube.pods(namespace, release)
     if on_pod:
@@ -768,7 +772,7 @@ def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False,
     generation = int((lws or {}).get("metadata", {}).get("generation", 0))
     observed = int(lst.get("observedGeneration", 0))
     return {
-        "release": release, "namespace": namespace, "lws": name, "exists": lws is not None,
+        "release": rel, "namespace": namespace, "lws": name, "exists": lws is not None,
         "size": size, "replicas": replicas, "ready_replicas": int(lst.get("readyReplicas", 0)),
         "updated_replicas": int(lst.get("updatedReplicas", 0)),
         "conditions": {c["type"]: c["status"] for c in lst.get("conditions", [])},
@@ -851,7 +855,7 @@ def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s
         w.stop()
 
 
-def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 600.0,
+def wait_ready(kube: Kube, namespace: str, release: str | Names, *, timeout_s: float, grace_s: float = 600.0,
                max_recreations: int = 3, waiting_grace_s: float = WAITING_GRACE_S,
                on_change: Callable[[PodInfo], None] | None = None,
                on_note: Callable[[str], None] | None = None) -> WaitResult:
@@ -874,7 +878,7 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
     covers every request: reads that time out or a watch that stalls are retried with :class:`Backoff` until it
     passes; then the result names what was waited for and the last state seen.
     """
-    deadline = Deadline(timeout_s, f"release {release} in namespace {namespace} to become Ready")
+    deadline = Deadline(timeout_s, f"release {names(release).release} in namespace {namespace} to become Ready")
     saved, kube.deadline = kube.deadline, deadline
     try:
         return _Wait(kube, namespace, release, deadline, grace_s, max_recreations, waiting_grace_s,
@@ -886,7 +890,7 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
 class _Wait:
     """The state of one :func:`wait_ready`: reads and watches here, judging in :mod:`dsv3ctl.core.deploy_watch`."""
 
-    def __init__(self, kube: Kube, namespace: str, release: str, deadline: Deadline, grace_s: float,
+    def __init__(self, kube: Kube, namespace: str, release: str | Names, deadline: Deadline, grace_s: float,
                  max_recreations: int, waiting_grace_s: float, on_change: Callable[[PodInfo], None] | None,
                  on_note: Callable[[str], None] | None) -> None:
         from dsv3ctl.core.deploy_watch import PodHistory
@@ -1046,7 +1050,7 @@ def _events(kube: Kube, namespace: str, names: set[str]) -> list[dict[str, str]]
             return []
 
 
-def wait_gone(kube: Kube, namespace: str, release: str, deadline: Deadline) -> list[str]:
+def wait_gone(kube: Kube, namespace: str, release: str | Names, deadline: Deadline) -> list[str]:
     """Poll :func:`leftovers` until none is left or ``deadline`` passes; returns what is left.
 
     Reads that time out are retried with :class:`Backoff`; raises ``deadline.failure()`` (naming the
@@ -1145,9 +1149,9 @@ def follow_log(kube: Kube, namespace: str, name: str, write: Callable[[str], Non
         kube.deadline = saved
 
 
-def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:
+def leftovers(kube: Kube, namespace: str, release: str | Names) -> list[str]:
     """Objects of the release still present (kind/name), PVCs kept by policy excluded."""
-    sel = f"app.kubernetes.io/instance={release}"
+    sel = f"app.kubernetes.io/instance={names(release).release}"
     out: list[str] = []
     c = kube.core
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service),

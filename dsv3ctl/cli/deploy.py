@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
+from dsv3ctl.core.names import Names
 
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace; default: deploy.namespace of the spec.")]
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="Helm release name; default: deploy.release of the spec.")]
@@ -142,7 +144,7 @@ def deploy(
         sink.emit({**result, "ok": False}, lambda con: None)
         raise SpecError("preflight failed: " + ", ".join(x.name for x in failed) + " (the FAIL lines above say why "
                         "and what to change)", hint="fix the cluster or the spec; --skip-preflight deploys anyway")
-    running = _running_shape(kube, ns, rel)
+    running = _running_shape(kube, ns, Names.of(values["deploy"]))
     want = (int(values["parallelism"]["nodes"]), int(values["deploy"]["replicas"]))
     if running and running != want:
         sink.info(f"  note: release {rel} runs {running[1]} group(s) of {running[0]} pod(s); this spec has "
@@ -191,7 +193,7 @@ def deploy(
     from rich.markup import escape
 
     d = values["deploy"]
-    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)),
+    res = k.wait_ready(kube, ns, Names.of(d), timeout_s=max(1.0, t - (time.monotonic() - start)),
                        grace_s=grace if grace is not None else int(d["unschedulable_grace_s"]),
                        max_recreations=int(d["max_recreations"]), on_change=change, on_note=lambda s: sink.info(f"  {escape(s)}"))
     result.update(ok=res.ok, message=res.message, events=res.events, details=res.details)
@@ -205,11 +207,9 @@ def deploy(
     sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
 
 
-def _running_shape(kube: Any, ns: str, rel: str) -> tuple[int, int] | None:
+def _running_shape(kube: Any, ns: str, names: Names) -> tuple[int, int] | None:
     """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
-    from dsv3ctl.adapters import kube as k
-
-    lws = kube.get_lws(ns, k.fullname(rel))
+    lws = kube.get_lws(ns, names.fullname)
     if not lws:
         return None
     spec = lws.get("spec", {})
@@ -219,12 +219,13 @@ def _running_shape(kube: Any, ns: str, rel: str) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------- status
 
 
-def _target(spec: Path | None, namespace: str | None, release: str | None) -> tuple[str, str]:
-    """(namespace, release) from the flags, else from the spec (validated only as far as needed)."""
-    if namespace and release:
-        return namespace, release
+def _target(spec: Path | None, namespace: str | None, release: str | None) -> tuple[str, Names]:
+    """(namespace, the release's object names) from the flags, else from the spec (validated only as far as
+    needed); a spec given with both flags still supplies ``deploy.name_override`` / ``fullname_override``."""
+    if namespace and release and spec is None:
+        return namespace, Names(release)
     d = load(spec).deploy
-    return namespace or d.namespace, release or d.release
+    return namespace or d.namespace, replace(Names.of(d), release=release or d.release)
 
 
 def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
@@ -237,10 +238,11 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
     """
     from dsv3ctl.adapters import kube as k
 
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     kube.deadline = k.Deadline(timeout, f"the status of release {rel} in namespace {ns}")
-    st = k.status(kube, ns, rel, fabric=True)
+    st = k.status(kube, ns, names, fabric=True)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
@@ -315,12 +317,13 @@ def logs(
 
     if role == Role.worker and index < 1:
         raise SpecError(f"worker index {index}: workers are numbered 1..nodes-1 (0 is the leader); use `logs leader`")
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     wi = 0 if role == Role.leader else index
     who = f"{role.value}{'' if wi == 0 else ' ' + str(wi)}"
     kube.deadline = k.Deadline(timeout, f"the {who} pod of group {group} of release {rel} in namespace {ns}")
-    sel = f"{k.pod_selector(rel)},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
+    sel = f"{names.pod_selector},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
     pods = [p for p in kube.core.list_namespaced_pod(ns, label_selector=sel).items if not p.metadata.deletion_timestamp]
     if not pods:
         raise RuntimeFailure(f"no {who} pod in group {group} of release {rel} "
@@ -409,13 +412,14 @@ def undeploy(
     from dsv3ctl.errors import RuntimeFailure
 
     sink = Sink(output)
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     deadline = k.Deadline(timeout, f"every object of release {rel} in namespace {ns} to be deleted")
     kube.deadline = deadline
     kube.ping()  # one clear error when the API server is down, before helm's own
     if dry_run:
-        sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
+        sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, names)},
                   lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))
         return
 
@@ -447,7 +451,7 @@ def undeploy(
             kube.core.delete_namespaced_persistent_volume_claim(p.metadata.name, ns)
         else:
             kept.append(p.metadata.name)
-    left = k.wait_gone(kube, ns, rel, deadline)
+    left = k.wait_gone(kube, ns, names, deadline)
     data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept, "removed": removed,
             "kept_artifacts": artifacts}
     if left:

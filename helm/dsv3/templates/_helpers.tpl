@@ -1,13 +1,23 @@
 {{/* ---------------------------------------------------------------- names and labels */}}
-{{- define "dsv3.name" -}}dsv3{{- end -}}
+{{/* Names follow helm create's starter chart (helm/helm @ 0d1f9dad pkg/chart/v2/util/create.go, defaultHelpers):
+     deploy.name_override replaces the chart name, deploy.fullname_override the whole base name. The Python copy
+     is dsv3ctl.core.names.Names; tests/test_packaging.py checks they agree. */}}
+{{- define "dsv3.name" -}}
+{{- .Values.deploy.name_override | default "dsv3" | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
 
 {{/* The release-scoped base name of every object (<= 40 characters so LWS pod, StatefulSet and
      controller-revision names stay under 63). */}}
 {{- define "dsv3.fullname" -}}
-{{- if contains "dsv3" .Release.Name -}}
+{{- if .Values.deploy.fullname_override -}}
+{{- .Values.deploy.fullname_override | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := .Values.deploy.name_override | default "dsv3" -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-dsv3" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -41,8 +51,9 @@ app.kubernetes.io/part-of: dsv3ctl
 {{- define "dsv3.podValues" -}}
 {{- $v := deepCopy .Values -}}
 {{- $_ := set $v.launch "rdma" (eq (include "dsv3.rdma" .) "true") -}}
-{{- /* deploy.platform is resolved by dsv3ctl into the other values (dsv3ctl.core.platforms): the pods do not read it */}}
-{{- $_ := set $v "deploy" (omit $v.deploy "platform") -}}
+{{- /* deploy.platform is resolved by dsv3ctl into the other values (dsv3ctl.core.platforms); the name overrides
+     shape object names only: the pods read none of them */}}
+{{- $_ := set $v "deploy" (omit $v.deploy "platform" "name_override" "fullname_override") -}}
 {{- toYaml $v -}}
 {{- end -}}
 
