@@ -2,7 +2,8 @@
 status, logs and leftovers of a dsv3 release.
 
 Objects are found by the chart's labels (``app.kubernetes.io/instance=<release>``,
-``app.kubernetes.io/name=dsv3``) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
+``app.kubernetes.io/name=dsv3``, or ``deploy.name_override``; every name and selector comes from
+:class:`dsv3ctl.core.names.Names`) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
 ``.../worker-index``); sources: LWS v0.9.0 API (labels, status fields), Kubernetes API reference
 (pod conditions: PodScheduled=False/Unschedulable carries the scheduler's reason).
 Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached: every request
@@ -655,23 +656,31 @@ def previous_log(kube: Kube, namespace: str, pod: str, container: str,
         kube.deadline = saved
 
 
-def _log_why(e: Any) -> str:
-    """Why a log read failed, in words: the Status message of the API server's answer."""
+def _body_message(e: Any) -> str:
+    """The ``message`` of the API server's Status body of an error, "" when it has none (never raw JSON)."""
     import json
 
-    msg = ""
     body = getattr(e, "body", None)
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if body:
         try:
-            msg = str(json.loads(body).get("message") or "")
+            return str(json.loads(body).get("message") or "")
         except (ValueError, AttributeError):
-            msg = ""
-    msg = msg or f"{e.status} {e.reason}"
+            return ""
+    return ""
+
+
+#: what the API server's message says when it could not reach the kubelet that serves a pod's log
+_KUBELET_UNREACHABLE = ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused")
+
+
+def _log_why(e: Any) -> str:
+    """Why a log read failed, in words: the Status message of the API server's answer."""
+    msg = _body_message(e) or f"{e.status} {e.reason}"
     if e.status == 404:
         return f"the pod was already deleted ({msg})"
-    if any(x in msg for x in ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused")):
+    if any(x in msg for x in _KUBELET_UNREACHABLE):
         return f"the kubelet of the pod's node cannot serve logs to the API server ({msg})"
     return msg
 
@@ -1048,6 +1057,87 @@ def _events(kube: Kube, namespace: str, names: set[str]) -> list[dict[str, str]]
             return kube.warning_events(namespace, names)[-10:]
         except RuntimeFailure:
             return []
+
+
+def running_shape(kube: Kube, namespace: str, release: str | Names) -> tuple[int, int] | None:
+    """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
+    lws = kube.get_lws(namespace, fullname(release))
+    if not lws:
+        return None
+    spec = lws.get("spec", {})
+    return int(spec.get("leaderWorkerTemplate", {}).get("size", 1)), int(spec.get("replicas", 1))
+
+
+def find_pod(kube: Kube, namespace: str, release: str | Names, group: int, worker: int) -> Any | None:
+    """The serving pod of worker index ``worker`` (0 = the leader) of group ``group``, not terminating; None when
+    there is none."""
+    sel = f"{pod_selector(release)},{L_GROUP}={group},{L_WORKER}={worker}"
+    pods = [p for p in kube.core.list_namespaced_pod(namespace, label_selector=sel).items
+            if not (p.metadata and p.metadata.deletion_timestamp)]
+    return pods[0] if pods else None
+
+
+def write_log(kube: Kube, namespace: str, pod: Any, write: Callable[[str], None], *, container: str,
+              follow: bool, tail: int | None, timeout_s: float) -> None:
+    """Write the log of container ``container`` of ``pod`` to ``write`` (with ``follow``: :func:`follow_log`).
+    A log the API server could not fetch raises :func:`log_error`'s RuntimeFailure; an API server that does not
+    answer raises :class:`ApiUnreachable`."""
+    name = pod.metadata.name
+    try:
+        if follow:
+            follow_log(kube, namespace, name, write, container=container, tail=tail, timeout_s=timeout_s)
+        else:
+            kw: dict[str, Any] = {"container": container}
+            if tail is not None:
+                kw["tail_lines"] = tail
+            kube.deadline = Deadline(timeout_s, f"the log of pod {namespace}/{name}")
+            write(kube.core.read_namespaced_pod_log(name, namespace, **kw))
+    except RuntimeFailure:
+        raise  # the API server does not answer (mapped in Kube)
+    except Exception as e:  # noqa: BLE001 - ApiException or a closed stream
+        raise log_error(kube, pod, e) from None
+
+
+def log_error(kube: Kube, pod: Any, e: Exception) -> RuntimeFailure:
+    """A clean RuntimeFailure for a log the API server could not fetch: the Status message in words, and when
+    the kubelet could not be reached, whether the node is a kwok fake node (the testbed, no kubelet) or a real
+    node whose kubelet the API server cannot reach on port 10250."""
+    ns, name, node = pod.metadata.namespace, pod.metadata.name, pod.spec.node_name or ""
+    msg = _body_message(e)
+    if not msg:
+        reason, status = getattr(e, "reason", None), getattr(e, "status", None)
+        msg = f"{status} {reason}" if status and reason else str(reason or e)
+    if not any(s in msg for s in _KUBELET_UNREACHABLE):
+        return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {msg}",
+                              hint=f"`dsv3ctl status -n {ns}` shows the pod's state")
+    fake = False
+    try:
+        n = kube.core.read_node(node)
+        fake = (((n.metadata.annotations if n.metadata else None) or {}).get("kwok.x-k8s.io/node") == "fake")
+    except Exception:  # noqa: BLE001 - the hint only
+        pass
+    detail = msg.split(": ")[-1] if ": " in msg else msg
+    if fake:
+        return RuntimeFailure(f"pod {ns}/{name} has no log: its node {node} is a kwok fake node (the local testbed), "
+                              "which has no kubelet and runs no containers",
+                              hint="logs need a real node; on the testbed use `dsv3ctl status` to see the pods")
+    return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: the API server cannot reach the kubelet of its "
+                          f"node {node or '?'} ({detail})",
+                          hint=f"check the node (`kubectl get node {node}`) and that the API server reaches its "
+                               "kubelet on port 10250")
+
+
+def release_claims(kube: Kube, namespace: str, release: str | Names, *, delete: bool) -> list[str]:
+    """The release's PVCs, which ``helm uninstall`` keeps (``helm.sh/resource-policy: keep``): with ``delete``
+    each is deleted and none is returned, else their names (kept)."""
+    sel = f"app.kubernetes.io/instance={names(release).release}"
+    kept = []
+    for p in kube.core.list_namespaced_persistent_volume_claim(namespace, label_selector=sel).items:
+        if delete:
+            kube.core.delete_namespaced_persistent_volume_claim(_name(p), namespace)
+        else:
+            kept.append(_name(p))
+    return kept
 
 
 def wait_gone(kube: Kube, namespace: str, release: str | Names, deadline: Deadline) -> list[str]:
