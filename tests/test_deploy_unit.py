@@ -81,19 +81,19 @@ def _pod(ns="dsv3", name="dsv3-0", node="kwok-gpu-0"):
 def test_logs_error_on_a_kwok_node_is_a_sentence_not_json():
     from kubernetes.client.exceptions import ApiException
 
-    from dsv3ctl.cli.deploy import _log_error
+    from dsv3ctl.adapters.kube import log_error
 
     e = ApiException(status=500, reason="Internal Server Error")
     e.body = KWOK_BODY
-    err = _log_error(NS(core=_Core({"kwok.x-k8s.io/node": "fake"})), _pod(), e)
+    err = log_error(NS(core=_Core({"kwok.x-k8s.io/node": "fake"})), _pod(), e)
     assert "{" not in err.message and "kwok fake node" in err.message and "kwok-gpu-0" in err.message
     assert "runs no containers" in err.message
-    err = _log_error(NS(core=_Core({})), _pod(), e)  # a real node whose kubelet is unreachable
+    err = log_error(NS(core=_Core({})), _pod(), e)  # a real node whose kubelet is unreachable
     assert "{" not in err.message and "kubelet of its node kwok-gpu-0" in err.message and "no such host" in err.message
     assert "10250" in (err.hint or "")
     e = ApiException(status=400, reason="Bad Request")
     e.body = json.dumps({"kind": "Status", "message": 'container "dsv3" in pod "dsv3-0" is waiting to start'})
-    err = _log_error(NS(core=_Core({})), _pod(), e)
+    err = log_error(NS(core=_Core({})), _pod(), e)
     assert err.message == 'cannot read the log of pod dsv3/dsv3-0: container "dsv3" in pod "dsv3-0" is waiting to start'
 
 

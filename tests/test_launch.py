@@ -107,7 +107,8 @@ def test_rdma_preflight_names_the_switches_that_turn_it_off(run_cli, write_spec,
     monkeypatch.setattr(L, "measure", lambda: bad)
     monkeypatch.delenv("DSV3CTL_RDMA", raising=False)
     r = run_cli("launch", "leader", "--hosts", "a,b", "--runtime-dir", tmp_path / "rt")
-    assert r.code == 1 and "deploy.rdma.enabled=auto and parallelism.nodes=2" in r.err and "--no-rdma" in r.err
+    # a failed preflight is "environment not ready": exit 2 (docs/architecture.md, exit codes)
+    assert r.code == 2 and "deploy.rdma.enabled=auto and parallelism.nodes=2" in r.err and "--no-rdma" in r.err
 
 
 def _ssh_like_server() -> tuple[socket.socket, int]:

@@ -109,17 +109,33 @@ RELEASES = ["a", "rel", "dsv3", "my-dsv3-prod", "prod-dsv3x", "x" * 53, "x" * 36
             "x" * 38 + "--y", "x" * 39 + "-z", "y" * 35 + "-dsv3", "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u"]
 
 
+# (release, deploy.name_override, deploy.fullname_override): the release names above with no override, then
+# overrides around the same rules (a release containing the override name, overrides of 40 characters, and
+# <release>-<name> whose 40th character is a dash).
+NAMED = ([(rel, "", "") for rel in RELEASES]
+         + [("a", "llm", ""), ("prod-llm", "llm", ""), ("x" * 40, "llm", ""), ("x" * 36, "llm", ""),
+            ("x" * 35, "dsv3-serving", ""), ("a", "x" * 38 + "-y", ""), ("x" * 36, "ab-cd", ""),
+            ("x" * 37, "ab-cd", ""), ("a", "", "serving"), ("my-dsv3", "llm", "api"), ("a", "", "x" * 40)])
+
+
 @pytest.mark.slow
 def test_kube_fullname_agrees_with_the_chart(tmp_path):
-    """``kube.fullname`` (used to find the release's objects) equals the LeaderWorkerSet and Service names
-    that ``helm template`` gives the real chart, for each name in :data:`RELEASES`."""
+    """``Names`` (used to find the release's objects: ``kube.fullname``, the label selectors) equals the
+    LeaderWorkerSet and Service names and the ``app.kubernetes.io/name`` label that ``helm template`` gives the real
+    chart, for each case in :data:`NAMED`."""
     from dsv3ctl.adapters.kube import fullname
+    from dsv3ctl.core.names import Names
 
     helm = tool("helm")
-    for rel in RELEASES:
-        r = subprocess.run([helm, "template", rel, str(CHART)], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (rel, r.stderr)
+    for rel, name, full in NAMED:
+        r = subprocess.run([helm, "template", rel, str(CHART), "--set-string", f"deploy.name_override={name}",
+                            "--set-string", f"deploy.fullname_override={full}"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (rel, name, full, r.stderr)
         docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+        n = Names(rel, name, full)
         (lws,) = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
-        assert lws["metadata"]["name"] == fullname(rel), rel
-        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Service"} == {f"{fullname(rel)}-api"}, rel
+        assert lws["metadata"]["name"] == n.fullname == fullname(n), (rel, name, full)
+        assert {d["metadata"]["name"] for d in docs if d["kind"] == "Service"} == {f"{n.fullname}-api"}, rel
+        assert lws["metadata"]["labels"]["app.kubernetes.io/name"] == n.name, (rel, name, full)
+        assert n.selector.startswith(f"app.kubernetes.io/instance={rel},"), rel

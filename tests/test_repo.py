@@ -180,7 +180,7 @@ def _check(run_cli, repo, eng=None):
 def test_check_missing_rank_file(built, tp16, run_cli):
     (tp16 / "rank15.engine").unlink()
     code, out = _check(run_cli, built, tp16)
-    assert code == 2 and "rank15.engine: missing" in out and "rerun trtllm-build" in out
+    assert code == 1 and "rank15.engine: missing" in out and "rerun trtllm-build" in out
 
 
 def test_check_world_size_vs_tp_pp(built, tp16, run_cli):
@@ -188,7 +188,7 @@ def test_check_world_size_vs_tp_pp(built, tp16, run_cli):
     cfg["pretrained_config"]["mapping"]["world_size"] = 8
     (tp16 / "config.json").write_text(json.dumps(cfg))
     code, out = _check(run_cli, built, tp16)
-    assert code == 2 and "world_size: 8 != tp_size x pp_size" in out
+    assert code == 1 and "world_size: 8 != tp_size x pp_size" in out
 
 
 def test_check_empty_rank_file_of_a_real_engine(built, tp16, run_cli):
@@ -196,7 +196,7 @@ def test_check_empty_rank_file_of_a_real_engine(built, tp16, run_cli):
     del cfg[engine_skeleton.PLACEHOLDER_KEY]
     (tp16 / "config.json").write_text(json.dumps(cfg))
     code, out = _check(run_cli, built, tp16)
-    assert code == 2 and "rank0.engine: empty file" in out
+    assert code == 1 and "rank0.engine: empty file" in out
 
 
 def test_check_max_batch_size_larger_than_engine(built, tp16, run_cli):
@@ -204,7 +204,7 @@ def test_check_max_batch_size_larger_than_engine(built, tp16, run_cli):
     cfg.max_batch_size = 64
     _write(built, "tensorrt_llm", cfg)
     code, out = _check(run_cli, built, tp16)
-    assert code == 2
+    assert code == 1
     assert "tensorrt_llm/config.pbtxt: max_batch_size: 64 exceeds the engine's build_config.max_batch_size 4: " \
            "set max_batch_size: 4" in out
 
@@ -214,7 +214,7 @@ def test_check_decoupled_mismatch(built, run_cli):
     cfg.model_transaction_policy.decoupled = False
     _write(built, "tensorrt_llm_bls", cfg)
     code, out = _check(run_cli, built)
-    assert code == 2 and "model_transaction_policy.decoupled" in out and "set both to true" in out
+    assert code == 1 and "model_transaction_policy.decoupled" in out and "set both to true" in out
 
 
 def test_check_ensemble_dtype_and_missing_tensor(built, run_cli):
@@ -227,7 +227,7 @@ def test_check_ensemble_dtype_and_missing_tensor(built, run_cli):
     ens.ensemble_scheduling.step[1].input_map["no_such_input"] = "top_k"
     _write(built, "ensemble", ens)
     code, out = _check(run_cli, built)
-    assert code == 2
+    assert code == 1
     assert "input_map[TOKENS_BATCH]: dtype TYPE_INT32 of '_TOKENS_BATCH' != TYPE_INT64" in out
     assert "tensorrt_llm has no input 'no_such_input'" in out
 
@@ -237,7 +237,7 @@ def test_check_required_input_not_fed(built, run_cli):
     del ens.ensemble_scheduling.step[1].input_map["input_lengths"]
     _write(built, "ensemble", ens)
     code, out = _check(run_cli, built)
-    assert code == 2 and "required input tensorrt_llm.input_lengths is not fed" in out
+    assert code == 1 and "required input tensorrt_llm.input_lengths is not fed" in out
 
 
 def test_check_duplicate_tensor_name(built, run_cli):
@@ -245,13 +245,13 @@ def test_check_duplicate_tensor_name(built, run_cli):
     cfg.output.add().CopyFrom(cfg.output[0])
     _write(built, "ensemble", cfg)
     code, out = _check(run_cli, built)
-    assert code == 2 and "output text_output: duplicate tensor name" in out
+    assert code == 1 and "output text_output: duplicate tensor name" in out
 
 
 def test_check_unparsable_and_unfilled(built, run_cli):
     (built / "postprocessing" / "config.pbtxt").write_text('name: "postprocessing"\nmax_batch_size: ${triton_max_batch_size}\n')
     code, out = _check(run_cli, built)
-    assert code == 2 and "unfilled template placeholder" in out and "not a valid ModelConfig" in out
+    assert code == 1 and "unfilled template placeholder" in out and "not a valid ModelConfig" in out
 
 
 def test_check_tokenizer_files_and_eos_id(built, run_cli):
@@ -262,7 +262,7 @@ def test_check_tokenizer_files_and_eos_id(built, run_cli):
     tc_path.unlink()  # a hard link shared with the other models: replace, don't edit in place
     tc_path.write_text(json.dumps(tc))
     code, out = _check(run_cli, built)
-    assert code == 2
+    assert code == 1
     assert "preprocessing/config.pbtxt: parameters.tokenizer_dir:" in out and "lacks tokenizer_config.json" in out
     assert "eos_token: '<｜begin▁of▁sentence｜>' has id 0, but DeepSeek-V3's end_id/pad_id is 1" in out
 
@@ -297,7 +297,7 @@ def test_llmapi_unknown_key_rejected(tmp_path, run_cli):
     p = tmp_path / "l" / R.EXTRA_OPTIONS_FILE
     p.write_text(p.read_text() + "moe_backend: DEEPGEMM\nkv_cache_config: {free_gpu_mem_fraction: 0.5}\n")
     code, out = _check(run_cli, tmp_path / "l")
-    assert code == 2 and "moe_backend: not an LlmArgs key" in out
+    assert code == 1 and "moe_backend: not an LlmArgs key" in out
     assert "kv_cache_config.free_gpu_mem_fraction: not a key of kv_cache_config" in out
 
 
@@ -572,7 +572,7 @@ def test_check_unparsable_config_reports_one_problem_and_skips_dependent_rules(b
     p = built / "preprocessing" / "config.pbtxt"
     p.write_text(p.read_text() + "\ngarbage {{{\n")
     code, out = _check(run_cli, built)
-    assert code == 2
+    assert code == 1
     assert "preprocessing/config.pbtxt: (syntax): not a valid ModelConfig" in out
     assert "is not in the repository" not in out and "neither an ensemble input" not in out
     assert "FAIL: 1 problem(s)" in out
@@ -591,7 +591,7 @@ def test_build_and_check_refuse_an_engine_of_another_rank_count(tmp_path, tp16, 
     assert r.code == 0, r.err
     eng8 = _skeleton(tmp_path / "e8", TP8)
     r = run_cli("repo", "check", tmp_path / "r16", "--engine-dir", eng8)
-    assert r.code == 2 and "the repository was built for a spec with tp 16 x pp 1" in r.out, r.out
+    assert r.code == 1 and "the repository was built for a spec with tp 16 x pp 1" in r.out, r.out
     assert run_cli("repo", "check", tmp_path / "r16", "--engine-dir", tp16).code == 0
 
 

@@ -103,3 +103,13 @@ def test_unknown_platform_names_the_field_and_the_choices():
     assert "deploy.platform='openshift'" in msg
     for choice in ("generic", "gke", "eks", "aks", "network-operator"):
         assert f"'{choice}'" in msg
+
+
+@pytest.mark.parametrize("key", ["name_override", "fullname_override"])
+@pytest.mark.parametrize("bad", ["Serving", "serving-", "-serving", "a_b", "x" * 41])
+def test_name_overrides_are_dns_labels_of_at_most_40(key, bad):
+    """The chart truncates object base names to 40 characters; an override it would cut or Kubernetes would
+    reject is a spec error naming the key."""
+    with pytest.raises(SpecError, match=f"deploy.{key}"):
+        parse_spec({"deploy": {key: bad}})
+    assert getattr(parse_spec({"deploy": {key: "x" * 40}}).deploy, key) == "x" * 40

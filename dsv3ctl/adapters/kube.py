@@ -2,7 +2,8 @@
 status, logs and leftovers of a dsv3 release.
 
 Objects are found by the chart's labels (``app.kubernetes.io/instance=<release>``,
-``app.kubernetes.io/name=dsv3``) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
+``app.kubernetes.io/name=dsv3``, or ``deploy.name_override``; every name and selector comes from
+:class:`dsv3ctl.core.names.Names`) and LWS's pod labels (``leaderworkerset.sigs.k8s.io/group-index``,
 ``.../worker-index``); sources: LWS v0.9.0 API (labels, status fields), Kubernetes API reference
 (pod conditions: PodScheduled=False/Unschedulable carries the scheduler's reason).
 Errors: :class:`dsv3ctl.errors.RuntimeFailure` (exit 1) when the cluster cannot be reached: every request
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from dsv3ctl.core.names import Names
 from dsv3ctl.core.planner import Check  # one check record for plan and preflight
 from dsv3ctl.errors import RuntimeFailure
 
@@ -132,20 +134,22 @@ class ApiUnreachable(RuntimeFailure):
         self.short = short or message
 
 
-def fullname(release: str) -> str:
-    """The chart's object base name, as ``dsv3.fullname`` in helm/dsv3/templates/_helpers.tpl computes it:
-    truncated to 40 characters, then sprig's ``trimSuffix "-"`` removes one trailing dash (not all of them).
-    tests/test_packaging.py checks the two agree for many release names."""
-    name = release if "dsv3" in release else f"{release}-dsv3"
-    return name[:40].removesuffix("-")
+def names(release: str | Names) -> Names:
+    """The release's object names (:class:`dsv3ctl.core.names.Names`); a bare release name has no overrides."""
+    return release if isinstance(release, Names) else Names(release)
 
 
-def selector(release: str) -> str:
-    return f"app.kubernetes.io/instance={release},app.kubernetes.io/name=dsv3"
+def fullname(release: str | Names) -> str:
+    """The chart's object base name (``dsv3.fullname``, computed by :class:`dsv3ctl.core.names.Names`)."""
+    return names(release).fullname
 
 
-def pod_selector(release: str) -> str:
-    return selector(release) + ",app.kubernetes.io/component in (leader,worker)"
+def selector(release: str | Names) -> str:
+    return names(release).selector
+
+
+def pod_selector(release: str | Names) -> str:
+    return names(release).pod_selector
 
 
 class _HasMeta(Protocol):
@@ -282,7 +286,7 @@ class Kube:
                 return None
             raise
 
-    def pods(self, namespace: str, release: str) -> list[Any]:
+    def pods(self, namespace: str, release: str | Names) -> list[Any]:
         return self.core.list_namespaced_pod(namespace, label_selector=pod_selector(release)).items
 
     def warning_events(self, namespace: str, names: set[str]) -> list[dict[str, str]]:
@@ -652,23 +656,31 @@ def previous_log(kube: Kube, namespace: str, pod: str, container: str,
         kube.deadline = saved
 
 
-def _log_why(e: Any) -> str:
-    """Why a log read failed, in words: the Status message of the API server's answer."""
+def _body_message(e: Any) -> str:
+    """The ``message`` of the API server's Status body of an error, "" when it has none (never raw JSON)."""
     import json
 
-    msg = ""
     body = getattr(e, "body", None)
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if body:
         try:
-            msg = str(json.loads(body).get("message") or "")
+            return str(json.loads(body).get("message") or "")
         except (ValueError, AttributeError):
-            msg = ""
-    msg = msg or f"{e.status} {e.reason}"
+            return ""
+    return ""
+
+
+#: what the API server's message says when it could not reach the kubelet that serves a pod's log
+_KUBELET_UNREACHABLE = ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused")
+
+
+def _log_why(e: Any) -> str:
+    """Why a log read failed, in words: the Status message of the API server's answer."""
+    msg = _body_message(e) or f"{e.status} {e.reason}"
     if e.status == 404:
         return f"the pod was already deleted ({msg})"
-    if any(x in msg for x in ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused")):
+    if any(x in msg for x in _KUBELET_UNREACHABLE):
         return f"the kubelet of the pod's node cannot serve logs to the API server ({msg})"
     return msg
 
@@ -725,12 +737,13 @@ def leader_fabric_result(kube: Kube, namespace: str, leaders: list[PodInfo]) -> 
     return None
 
 
-def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False,
+def status(kube: Kube, namespace: str, release: str | Names, *, fabric: bool = False,
            on_pod: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Groups, pods (ready, restarts, node), the LWS counters and the endpoints of a release; with ``fabric`` each
     group also gets ``fabric``: its leader's last fabric check summary (:func:`leader_fabric_result`, reads logs).
     ``on_pod`` gets every pod object listed (the wait's crash-loop history)."""
     name = fullname(release)
+    rel = names(release).release
     lws = kube.get_lws(namespace, name)
     raw = kube.pods(namespace, release)
     if on_pod:
@@ -768,7 +781,7 @@ def status(kube: Kube, namespace: str, release: str, *, fabric: bool = False,
     generation = int((lws or {}).get("metadata", {}).get("generation", 0))
     observed = int(lst.get("observedGeneration", 0))
     return {
-        "release": release, "namespace": namespace, "lws": name, "exists": lws is not None,
+        "release": rel, "namespace": namespace, "lws": name, "exists": lws is not None,
         "size": size, "replicas": replicas, "ready_replicas": int(lst.get("readyReplicas", 0)),
         "updated_replicas": int(lst.get("updatedReplicas", 0)),
         "conditions": {c["type"]: c["status"] for c in lst.get("conditions", [])},
@@ -851,7 +864,7 @@ def watch_for_change(kube: Kube, namespace: str, label_selector: str, *, block_s
         w.stop()
 
 
-def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, grace_s: float = 600.0,
+def wait_ready(kube: Kube, namespace: str, release: str | Names, *, timeout_s: float, grace_s: float = 600.0,
                max_recreations: int = 3, waiting_grace_s: float = WAITING_GRACE_S,
                on_change: Callable[[PodInfo], None] | None = None,
                on_note: Callable[[str], None] | None = None) -> WaitResult:
@@ -874,7 +887,7 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
     covers every request: reads that time out or a watch that stalls are retried with :class:`Backoff` until it
     passes; then the result names what was waited for and the last state seen.
     """
-    deadline = Deadline(timeout_s, f"release {release} in namespace {namespace} to become Ready")
+    deadline = Deadline(timeout_s, f"release {names(release).release} in namespace {namespace} to become Ready")
     saved, kube.deadline = kube.deadline, deadline
     try:
         return _Wait(kube, namespace, release, deadline, grace_s, max_recreations, waiting_grace_s,
@@ -886,7 +899,7 @@ def wait_ready(kube: Kube, namespace: str, release: str, *, timeout_s: float, gr
 class _Wait:
     """The state of one :func:`wait_ready`: reads and watches here, judging in :mod:`dsv3ctl.core.deploy_watch`."""
 
-    def __init__(self, kube: Kube, namespace: str, release: str, deadline: Deadline, grace_s: float,
+    def __init__(self, kube: Kube, namespace: str, release: str | Names, deadline: Deadline, grace_s: float,
                  max_recreations: int, waiting_grace_s: float, on_change: Callable[[PodInfo], None] | None,
                  on_note: Callable[[str], None] | None) -> None:
         from dsv3ctl.core.deploy_watch import PodHistory
@@ -1046,7 +1059,88 @@ def _events(kube: Kube, namespace: str, names: set[str]) -> list[dict[str, str]]
             return []
 
 
-def wait_gone(kube: Kube, namespace: str, release: str, deadline: Deadline) -> list[str]:
+def running_shape(kube: Kube, namespace: str, release: str | Names) -> tuple[int, int] | None:
+    """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
+    lws = kube.get_lws(namespace, fullname(release))
+    if not lws:
+        return None
+    spec = lws.get("spec", {})
+    return int(spec.get("leaderWorkerTemplate", {}).get("size", 1)), int(spec.get("replicas", 1))
+
+
+def find_pod(kube: Kube, namespace: str, release: str | Names, group: int, worker: int) -> Any | None:
+    """The serving pod of worker index ``worker`` (0 = the leader) of group ``group``, not terminating; None when
+    there is none."""
+    sel = f"{pod_selector(release)},{L_GROUP}={group},{L_WORKER}={worker}"
+    pods = [p for p in kube.core.list_namespaced_pod(namespace, label_selector=sel).items
+            if not (p.metadata and p.metadata.deletion_timestamp)]
+    return pods[0] if pods else None
+
+
+def write_log(kube: Kube, namespace: str, pod: Any, write: Callable[[str], None], *, container: str,
+              follow: bool, tail: int | None, timeout_s: float) -> None:
+    """Write the log of container ``container`` of ``pod`` to ``write`` (with ``follow``: :func:`follow_log`).
+    A log the API server could not fetch raises :func:`log_error`'s RuntimeFailure; an API server that does not
+    answer raises :class:`ApiUnreachable`."""
+    name = pod.metadata.name
+    try:
+        if follow:
+            follow_log(kube, namespace, name, write, container=container, tail=tail, timeout_s=timeout_s)
+        else:
+            kw: dict[str, Any] = {"container": container}
+            if tail is not None:
+                kw["tail_lines"] = tail
+            kube.deadline = Deadline(timeout_s, f"the log of pod {namespace}/{name}")
+            write(kube.core.read_namespaced_pod_log(name, namespace, **kw))
+    except RuntimeFailure:
+        raise  # the API server does not answer (mapped in Kube)
+    except Exception as e:  # noqa: BLE001 - ApiException or a closed stream
+        raise log_error(kube, pod, e) from None
+
+
+def log_error(kube: Kube, pod: Any, e: Exception) -> RuntimeFailure:
+    """A clean RuntimeFailure for a log the API server could not fetch: the Status message in words, and when
+    the kubelet could not be reached, whether the node is a kwok fake node (the testbed, no kubelet) or a real
+    node whose kubelet the API server cannot reach on port 10250."""
+    ns, name, node = pod.metadata.namespace, pod.metadata.name, pod.spec.node_name or ""
+    msg = _body_message(e)
+    if not msg:
+        reason, status = getattr(e, "reason", None), getattr(e, "status", None)
+        msg = f"{status} {reason}" if status and reason else str(reason or e)
+    if not any(s in msg for s in _KUBELET_UNREACHABLE):
+        return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {msg}",
+                              hint=f"`dsv3ctl status -n {ns}` shows the pod's state")
+    fake = False
+    try:
+        n = kube.core.read_node(node)
+        fake = (((n.metadata.annotations if n.metadata else None) or {}).get("kwok.x-k8s.io/node") == "fake")
+    except Exception:  # noqa: BLE001 - the hint only
+        pass
+    detail = msg.split(": ")[-1] if ": " in msg else msg
+    if fake:
+        return RuntimeFailure(f"pod {ns}/{name} has no log: its node {node} is a kwok fake node (the local testbed), "
+                              "which has no kubelet and runs no containers",
+                              hint="logs need a real node; on the testbed use `dsv3ctl status` to see the pods")
+    return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: the API server cannot reach the kubelet of its "
+                          f"node {node or '?'} ({detail})",
+                          hint=f"check the node (`kubectl get node {node}`) and that the API server reaches its "
+                               "kubelet on port 10250")
+
+
+def release_claims(kube: Kube, namespace: str, release: str | Names, *, delete: bool) -> list[str]:
+    """The release's PVCs, which ``helm uninstall`` keeps (``helm.sh/resource-policy: keep``): with ``delete``
+    each is deleted and none is returned, else their names (kept)."""
+    sel = f"app.kubernetes.io/instance={names(release).release}"
+    kept = []
+    for p in kube.core.list_namespaced_persistent_volume_claim(namespace, label_selector=sel).items:
+        if delete:
+            kube.core.delete_namespaced_persistent_volume_claim(_name(p), namespace)
+        else:
+            kept.append(_name(p))
+    return kept
+
+
+def wait_gone(kube: Kube, namespace: str, release: str | Names, deadline: Deadline) -> list[str]:
     """Poll :func:`leftovers` until none is left or ``deadline`` passes; returns what is left.
 
     Reads that time out are retried with :class:`Backoff`; raises ``deadline.failure()`` (naming the
@@ -1145,9 +1239,9 @@ def follow_log(kube: Kube, namespace: str, name: str, write: Callable[[str], Non
         kube.deadline = saved
 
 
-def leftovers(kube: Kube, namespace: str, release: str) -> list[str]:
+def leftovers(kube: Kube, namespace: str, release: str | Names) -> list[str]:
     """Objects of the release still present (kind/name), PVCs kept by policy excluded."""
-    sel = f"app.kubernetes.io/instance={release}"
+    sel = f"app.kubernetes.io/instance={names(release).release}"
     out: list[str] = []
     c = kube.core
     for kind, fn in (("pod", c.list_namespaced_pod), ("service", c.list_namespaced_service),

@@ -11,8 +11,9 @@ Facts used and their sources:
 - TensorRT-LLM multi-node mpirun needs passwordless ssh on a non-22 port (TensorRT-LLM DeepSeek-V3 README,
   ``-mca plm_rsh_args "-p 2233"``); Dynamo and NIM use port 2222 and a leader wait bounded at 300 s
   (anchors study, section b). RDMA needs ``--ulimit memlock=-1`` (same README).
-Errors: :class:`SpecError` (exit 2) for bad inputs and world-size mismatch, :class:`RuntimeFailure`
-(exit 1) for everything the environment gets wrong (missing keys, workers that never appear, preflight).
+Errors (the exit-code policy in docs/architecture.md): :class:`SpecError` (exit 2) for bad inputs, world-size
+mismatch and a failed preflight (the pod's environment is not ready for the spec; nothing started),
+:class:`RuntimeFailure` (exit 1) for what fails while running (missing keys, workers that never appear).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def preflight_errors(facts: PreflightFacts, *, shm_min_gib: float, rdma: bool, g
 
 def preflight(role: str, *, shm_min_gib: float, rdma: bool, gpus_per_node: int, skip: Iterable[str] = (),
               rdma_source: str = "") -> None:
-    """Run every preflight check; RuntimeFailure (exit 1) listing all failures."""
+    """Run every preflight check; SpecError (exit 2: the environment is not ready, nothing started) listing all
+    failures."""
     skip = list(skip)
     bad = [s for s in skip if s not in PREFLIGHT_CHECKS]
     if bad:
@@ -158,7 +160,7 @@ def preflight(role: str, *, shm_min_gib: float, rdma: bool, gpus_per_node: int, 
     errs = preflight_errors(facts, shm_min_gib=shm_min_gib, rdma=rdma, gpus_per_node=gpus_per_node, skip=skip,
                             rdma_source=rdma_source)
     if errs:
-        raise RuntimeFailure("preflight failed:\n  " + "\n  ".join(errs))
+        raise SpecError("preflight failed:\n  " + "\n  ".join(errs))
     if rdma and "memlock" not in skip:
         limit = "unlimited" if facts.memlock_soft == resource.RLIM_INFINITY else f"{facts.memlock_soft} bytes"
         log(role, f"memlock limit {limit}" + (", CAP_IPC_LOCK held: RDMA's pinned memory is not limited by it"

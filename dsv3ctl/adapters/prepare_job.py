@@ -16,8 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv3ctl.adapters.kube import GPU, LWS_GROUP, LWS_PLURAL, LWS_VERSION, Kube, _name, _qty, fullname, gpu_holders
+from dsv3ctl.adapters.kube import (
+    GPU,
+    LWS_GROUP,
+    LWS_PLURAL,
+    LWS_VERSION,
+    Kube,
+    _name,
+    _qty,
+    fullname,
+    gpu_holders,
+    names,
+)
 from dsv3ctl.core.deploy_rules import claim_problem
+from dsv3ctl.core.names import Names
 from dsv3ctl.errors import RuntimeFailure, SpecError
 from dsv3ctl.render import prepare_job as R
 
@@ -119,7 +131,7 @@ def ensure_namespace(kube: Kube, namespace: str, create: bool, log: Log,
     log(f"created namespace {namespace}" + "".join(f" ({k}={v})" for k, v in (labels or {}).items()))
 
 
-def _group_replicas(kube: Kube, namespace: str, release: str) -> int:
+def _group_replicas(kube: Kube, namespace: str, release: str | Names) -> int:
     o = _exists(lambda: kube.custom.get_namespaced_custom_object(LWS_GROUP, LWS_VERSION, namespace, LWS_PLURAL,
                                                                  fullname(release)))
     return int((o or {}).get("spec", {}).get("replicas") or 0)
@@ -133,7 +145,7 @@ def _free_gpu_nodes(kube: Kube, nodes: list[str], gpus: int) -> list[str]:
     return [n for n in nodes if alloc.get(n, 0) - sum(h.gpus for h in holders.get(n, [])) >= gpus]
 
 
-def stop_group(kube: Kube, namespace: str, release: str, log: Log, timeout_s: float = 600) -> None:
+def stop_group(kube: Kube, namespace: str, release: str | Names, log: Log, timeout_s: float = 600) -> None:
     """Delete the release's LeaderWorkerSet (its groups with it) and wait until its pods are gone; the
     ``helm upgrade`` that follows creates it again from the new values. Deleted rather than scaled to 0:
     Helm creates a release object that is missing on upgrade (helm.sh/helm/v4 v4.2.4 pkg/kube/client.go:584-594,
@@ -150,7 +162,7 @@ def stop_group(kube: Kube, namespace: str, release: str, log: Log, timeout_s: fl
             return
         time.sleep(POLL_S)
     raise RuntimeFailure(f"the pods of {name} were still there {timeout_s:.0f} s after deleting it",
-                         hint=f"`dsv3ctl status -n {namespace} --release {release}`")
+                         hint=f"`dsv3ctl status -n {namespace} --release {names(release).release}`")
 
 
 def _job_state(job: Any) -> tuple[str, str]:
@@ -203,7 +215,7 @@ def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, art
     """
     d = values["deploy"]
     rel = d["release"]
-    name = R.job_name(rel, fp)
+    name = R.job_name(Names.of(d), fp)
     batch = _api(kube)
     check_storage(kube, values, namespace)
     old = _exists(lambda: batch.read_namespaced_job(name, namespace))
@@ -229,7 +241,7 @@ def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, art
     if old is None and values["serving"]["mode"] == "engine":
         gpus = int(values["parallelism"]["gpus_per_node"])
         free = _free_gpu_nodes(kube, nodes, gpus)
-        running = _group_replicas(kube, namespace, rel)
+        running = _group_replicas(kube, namespace, Names.of(d))
         if len(free) < completions and running:
             if not stop_for_prepare:
                 raise SpecError(
@@ -238,7 +250,7 @@ def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, art
                     "takes a running group's GPUs",
                     hint="add a node with free GPUs (a second set of nodes), or pass --stop-for-prepare to stop the "
                          "group first (no serving until the new group is Ready)")
-            stop_group(kube, namespace, rel, log)
+            stop_group(kube, namespace, Names.of(d), log)
     if old is None:
         for obj in R.prepare_objects(values, fp, artifact_dir, namespace=namespace, completions=completions):
             if obj["kind"] == "ConfigMap":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from dsv3ctl.cli._common import DryRunOpt, OutputFormat, OutputOpt, Sink, SpecOpt, load
+from dsv3ctl.core.names import Names
 
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace; default: deploy.namespace of the spec.")]
 ReleaseOpt = Annotated[str | None, typer.Option("--release", help="Helm release name; default: deploy.release of the spec.")]
@@ -142,7 +144,7 @@ def deploy(
         sink.emit({**result, "ok": False}, lambda con: None)
         raise SpecError("preflight failed: " + ", ".join(x.name for x in failed) + " (the FAIL lines above say why "
                         "and what to change)", hint="fix the cluster or the spec; --skip-preflight deploys anyway")
-    running = _running_shape(kube, ns, rel)
+    running = k.running_shape(kube, ns, Names.of(values["deploy"]))
     want = (int(values["parallelism"]["nodes"]), int(values["deploy"]["replicas"]))
     if running and running != want:
         sink.info(f"  note: release {rel} runs {running[1]} group(s) of {running[0]} pod(s); this spec has "
@@ -191,7 +193,7 @@ def deploy(
     from rich.markup import escape
 
     d = values["deploy"]
-    res = k.wait_ready(kube, ns, rel, timeout_s=max(1.0, t - (time.monotonic() - start)),
+    res = k.wait_ready(kube, ns, Names.of(d), timeout_s=max(1.0, t - (time.monotonic() - start)),
                        grace_s=grace if grace is not None else int(d["unschedulable_grace_s"]),
                        max_recreations=int(d["max_recreations"]), on_change=change, on_note=lambda s: sink.info(f"  {escape(s)}"))
     result.update(ok=res.ok, message=res.message, events=res.events, details=res.details)
@@ -205,26 +207,16 @@ def deploy(
     sink.emit(result, lambda con: con.print(f"[green]Ready[/]: {res.message}"))
 
 
-def _running_shape(kube: Any, ns: str, rel: str) -> tuple[int, int] | None:
-    """(pods per group, groups) of the release's LeaderWorkerSet now, None when there is none."""
-    from dsv3ctl.adapters import kube as k
-
-    lws = kube.get_lws(ns, k.fullname(rel))
-    if not lws:
-        return None
-    spec = lws.get("spec", {})
-    return int(spec.get("leaderWorkerTemplate", {}).get("size", 1)), int(spec.get("replicas", 1))
-
-
 # --------------------------------------------------------------------------------------------- status
 
 
-def _target(spec: Path | None, namespace: str | None, release: str | None) -> tuple[str, str]:
-    """(namespace, release) from the flags, else from the spec (validated only as far as needed)."""
-    if namespace and release:
-        return namespace, release
+def _target(spec: Path | None, namespace: str | None, release: str | None) -> tuple[str, Names]:
+    """(namespace, the release's object names) from the flags, else from the spec (validated only as far as
+    needed); a spec given with both flags still supplies ``deploy.name_override`` / ``fullname_override``."""
+    if namespace and release and spec is None:
+        return namespace, Names(release)
     d = load(spec).deploy
-    return namespace or d.namespace, release or d.release
+    return namespace or d.namespace, replace(Names.of(d), release=release or d.release)
 
 
 def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: ReleaseOpt = None,
@@ -237,10 +229,11 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
     """
     from dsv3ctl.adapters import kube as k
 
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     kube.deadline = k.Deadline(timeout, f"the status of release {rel} in namespace {ns}")
-    st = k.status(kube, ns, rel, fabric=True)
+    st = k.status(kube, ns, names, fabric=True)
 
     def human(con) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
@@ -315,80 +308,22 @@ def logs(
 
     if role == Role.worker and index < 1:
         raise SpecError(f"worker index {index}: workers are numbered 1..nodes-1 (0 is the leader); use `logs leader`")
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     wi = 0 if role == Role.leader else index
     who = f"{role.value}{'' if wi == 0 else ' ' + str(wi)}"
     kube.deadline = k.Deadline(timeout, f"the {who} pod of group {group} of release {rel} in namespace {ns}")
-    sel = f"{k.pod_selector(rel)},{k.L_GROUP}={group},{k.L_WORKER}={wi}"
-    pods = [p for p in kube.core.list_namespaced_pod(ns, label_selector=sel).items if not p.metadata.deletion_timestamp]
-    if not pods:
+    pod = k.find_pod(kube, ns, names, group, wi)
+    if pod is None:
         raise RuntimeFailure(f"no {who} pod in group {group} of release {rel} "
                              f"in namespace {ns}", hint=f"`dsv3ctl status -n {ns} --release {rel}` lists the pods")
-    name = pods[0].metadata.name
-    kw: dict[str, Any] = {"container": "dsv3"}
-    if tail is not None:
-        kw["tail_lines"] = tail
-    try:
-        if follow:
-            def out(text: str) -> None:
-                sys.stdout.write(text)
-                sys.stdout.flush()
 
-            k.follow_log(kube, ns, name, out, container="dsv3", tail=tail, timeout_s=timeout)
-        else:
-            kube.deadline = k.Deadline(timeout, f"the log of pod {ns}/{name}")
-            sys.stdout.write(kube.core.read_namespaced_pod_log(name, ns, **kw))
-    except RuntimeFailure:
-        raise  # the API server does not answer (mapped in the kube adapter)
-    except Exception as e:  # noqa: BLE001 - ApiException or a closed stream
-        raise _log_error(kube, pods[0], e) from None
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
-
-def _status_message(e: Exception) -> str:
-    """The ``message`` of the API server's Status body, else the exception's reason (never raw JSON)."""
-    import json
-
-    body = getattr(e, "body", None)
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if body:
-        try:
-            msg = json.loads(body).get("message")
-            if msg:
-                return str(msg)
-        except (ValueError, AttributeError):
-            pass
-    reason = getattr(e, "reason", None)
-    status = getattr(e, "status", None)
-    return f"{status} {reason}" if status and reason else str(reason or e)
-
-
-def _log_error(kube: Any, pod: Any, e: Exception) -> Exception:
-    """A clean RuntimeFailure for a log the API server could not fetch."""
-    from dsv3ctl.errors import RuntimeFailure
-
-    ns, name, node = pod.metadata.namespace, pod.metadata.name, pod.spec.node_name or ""
-    msg = _status_message(e)
-    kubelet = any(s in msg for s in ("containerLogs", ":10250", "dial tcp", "no such host", "connection refused"))
-    if not kubelet:
-        return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: {msg}",
-                              hint=f"`dsv3ctl status -n {ns}` shows the pod's state")
-    fake = False
-    try:
-        n = kube.core.read_node(node)
-        fake = ((n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake")
-    except Exception:  # noqa: BLE001 - the hint only
-        pass
-    detail = msg.split(": ")[-1] if ": " in msg else msg
-    if fake:
-        return RuntimeFailure(f"pod {ns}/{name} has no log: its node {node} is a kwok fake node (the local testbed), "
-                              "which has no kubelet and runs no containers",
-                              hint="logs need a real node; on the testbed use `dsv3ctl status` to see the pods")
-    return RuntimeFailure(f"cannot read the log of pod {ns}/{name}: the API server cannot reach the kubelet of its "
-                          f"node {node or '?'} ({detail})",
-                          hint=f"check the node (`kubectl get node {node}`) and that the API server reaches its "
-                               "kubelet on port 10250")
+    k.write_log(kube, ns, pod, out, container="dsv3", follow=follow, tail=tail, timeout_s=timeout)
 
 
 # --------------------------------------------------------------------------------------------- undeploy
@@ -409,13 +344,14 @@ def undeploy(
     from dsv3ctl.errors import RuntimeFailure
 
     sink = Sink(output)
-    ns, rel = _target(spec, namespace, release)
+    ns, names = _target(spec, namespace, release)
+    rel = names.release
     kube = _kube(kubeconfig)
     deadline = k.Deadline(timeout, f"every object of release {rel} in namespace {ns} to be deleted")
     kube.deadline = deadline
     kube.ping()  # one clear error when the API server is down, before helm's own
     if dry_run:
-        sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, rel)},
+        sink.emit({"release": rel, "namespace": ns, "dry_run": True, "present": k.leftovers(kube, ns, names)},
                   lambda con: con.print(f"dry run: would uninstall {rel} from {ns}"))
         return
 
@@ -440,14 +376,8 @@ def undeploy(
 
     artifacts = [j["fingerprint"] for j in P.prepared(kube, ns, rel) if j["state"] == "succeeded"]
     removed = P.delete_prepare(kube, ns, rel) + P.delete_test_pods(kube, ns, rel)  # not part of the release
-    pvcs = kube.core.list_namespaced_persistent_volume_claim(ns, label_selector=f"app.kubernetes.io/instance={rel}").items
-    kept = []
-    for p in pvcs:
-        if purge_storage:
-            kube.core.delete_namespaced_persistent_volume_claim(p.metadata.name, ns)
-        else:
-            kept.append(p.metadata.name)
-    left = k.wait_gone(kube, ns, rel, deadline)
+    kept = k.release_claims(kube, ns, names, delete=purge_storage)
+    left = k.wait_gone(kube, ns, names, deadline)
     data = {"release": rel, "namespace": ns, "left": left, "kept_pvcs": kept, "removed": removed,
             "kept_artifacts": artifacts}
     if left:

@@ -125,8 +125,8 @@ def leader(
     """Leader pod: preflight, check world size, set up SSH, wait for workers, write the hostfile, run the fabric check
     (an all-reduce over every rank with the server's mpirun and environment), run mpirun.
 
-    Exit code: mpirun's; 2 for a world-size mismatch or bad input; 1 when workers never appear, preflight fails or the
-    fabric check fails (enforce).
+    Exit code: mpirun's; 2 for a world-size mismatch, bad input or a failed preflight; 1 when workers never appear or
+    the fabric check fails (enforce).
     """
     from dsv3ctl.adapters import launcher as L
 

@@ -66,7 +66,7 @@ def check(
 ) -> None:
     """Parse every config.pbtxt as Triton's ModelConfig and check the rules that break deployments.
 
-    Prints one `file: field: problem: fix` line per problem; exit 2 when there is any. When a config does not parse, the rules that depend on it are skipped (a note says which) rather than reported as problems.
+    Prints one `file: field: problem: fix` line per problem; exit 1 when there is any (invalid artifacts, as `weights verify`). When a config does not parse, the rules that depend on it are skipped (a note says which) rather than reported as problems.
     """
     from dsv3ctl.adapters.model_repo import check_repo
 
@@ -82,7 +82,7 @@ def check(
 
     sink.emit({"repo": str(repo), "ok": not problems, "problems": problems, "notes": notes}, human)
     if problems:
-        raise typer.Exit(2)
+        raise typer.Exit(1)
 
 
 @group.command("engine-skeleton")

@@ -284,6 +284,7 @@ class SlurmSpec(_Strict):
 # them equal), so spec and chart values cannot drift. Sizes are Kubernetes quantities ("64Gi", "32").
 
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_K8S_NAME_OR_EMPTY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 _QUANTITY = r"^([0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?)?$"
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
 
@@ -383,6 +384,14 @@ class DeploySpec(_Strict):
 
     namespace: str = Field("dsv3", pattern=_K8S_NAME, max_length=63, description="Namespace of the release")
     release: str = Field("dsv3", pattern=_K8S_NAME, max_length=40, description="Helm release name")
+    name_override: str = Field(
+        "", pattern=_K8S_NAME_OR_EMPTY, max_length=40,
+        description="Replaces the chart name dsv3 in object names (<release>-<name>) and in the "
+                    "app.kubernetes.io/name label; empty = dsv3")
+    fullname_override: str = Field(
+        "", pattern=_K8S_NAME_OR_EMPTY, max_length=40,
+        description="Base name of every object instead of <release>-<name> (at most 40 characters, so LWS pod, "
+                    "StatefulSet and revision names stay under 63); empty = derived from the release")
     platform: Platform = Field(
         "generic", description="Preset of what the platform documents for multi-node GPU + RDMA (RDMA/EFA resource, "
                                "NCCL/libfabric environment, GPU node label, tolerations, pod annotations; values and "

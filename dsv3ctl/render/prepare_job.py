@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsv3ctl.core.names import Names
 from dsv3ctl.render.artifacts import READY_MARKER
 
 L_INSTANCE = "app.kubernetes.io/instance"
@@ -27,15 +28,14 @@ COMPONENT = "prepare"
 SPEC_MOUNT = "/etc/dsv3ctl/spec"
 
 
-def fullname(release: str) -> str:
-    """The chart's object base name (``dsv3.fullname`` in helm/dsv3/templates/_helpers.tpl)."""
-    name = release if "dsv3" in release else f"{release}-dsv3"
-    return name[:40].rstrip("-")
-
-
-def job_name(release: str, fp: str) -> str:
+def job_name(names: Names, fp: str) -> str:
     """``<fullname>-prepare-<fingerprint>`` (<= 63 characters: fullname <= 40, + 9 + 16)."""
-    return f"{fullname(release)}-prepare-{fp}"
+    return f"{names.fullname}-prepare-{fp}"
+
+
+def claim_name(deploy: dict[str, Any]) -> str:
+    """The models claim (``dsv3.claimName``): ``deploy.storage.claim_name``, else ``<fullname>-models``."""
+    return str(deploy["storage"]["claim_name"] or f"{Names.of(deploy).fullname}-models")
 
 
 def labels(release: str, fp: str) -> dict[str, str]:
@@ -78,8 +78,8 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
     import yaml
 
     d, img, par = values["deploy"], values["image"], values["parallelism"]
-    rel = d["release"]
-    name = job_name(rel, fp)
+    rel, names = d["release"], Names.of(d)
+    name = job_name(names, fp)
     lab = labels(rel, fp)
     cm = {"apiVersion": "v1", "kind": "ConfigMap",
           "metadata": {"name": name, "namespace": namespace, "labels": lab},
@@ -105,7 +105,7 @@ def prepare_objects(values: dict[str, Any], fp: str, artifact_dir: str, *, names
     if st["kind"] == "hostPath":
         vol: dict[str, Any] = {"name": "models", "hostPath": {"path": st["host_path"], "type": "DirectoryOrCreate"}}
     else:
-        claim = st["claim_name"] or f"{fullname(rel)}-models"
+        claim = claim_name(d)
         vol = {"name": "models", "persistentVolumeClaim": {"claimName": claim}}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -154,14 +154,14 @@ def claim_object(values: dict[str, Any], namespace: str) -> dict[str, Any]:
     ``meta.helm.sh/release-name``/``-namespace`` name the release (helm.sh/helm/v4 v4.2.4
     pkg/action/validate.go:107-130 ``checkOwnership``; install.go:518-521 updates the adopted objects)."""
     d = values["deploy"]
-    st, rel = d["storage"], d["release"]
+    st, rel, names = d["storage"], d["release"], Names.of(d)
     spec: dict[str, Any] = {"accessModes": list(st["access_modes"]),
                             "resources": {"requests": {"storage": st["size"]}}}
     if st["storage_class"]:
         spec["storageClassName"] = st["storage_class"]
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": st["claim_name"] or f"{fullname(rel)}-models", "namespace": namespace,
-                         "labels": {"app.kubernetes.io/name": "dsv3", L_INSTANCE: rel,
+            "metadata": {"name": claim_name(d), "namespace": namespace,
+                         "labels": {"app.kubernetes.io/name": names.name, L_INSTANCE: rel,
                                     "app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/part-of": "dsv3ctl"},
                          "annotations": {"meta.helm.sh/release-name": rel, "meta.helm.sh/release-namespace": namespace,
                                          "helm.sh/resource-policy": "keep"}},
@@ -181,7 +181,7 @@ def purge_objects(values: dict[str, Any], fp: str, root: str, keep: list[str], *
     if bad or not root:
         raise ValueError(f"purge needs artifact dirs and 16-hex fingerprints to keep, got root={root!r} keep={bad}")
     objs = prepare_objects(values, fp, f"{root}/{fp}", namespace=namespace, completions=completions)
-    name = f"{fullname(values['deploy']['release'])}-purge-{fp}"
+    name = f"{Names.of(values['deploy']).fullname}-purge-{fp}"
     keep_args = " ".join(f"! -name {k}" for k in sorted(set(keep)))
     script = ("set -eu\n"
               f'R={root}\n'
