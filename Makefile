@@ -29,13 +29,13 @@ lint: $(STAMP) ## ruff and mypy
 tools: ## build (or reuse from the cache) the pinned local-cluster tools from the Go module proxy
 	@tools/build.sh
 
-test: $(STAMP) sys-deps tools kserve-venv ## run every test (apt test deps, builds the cluster tools on a cold machine; cluster and netns tests run for real)
+test: $(STAMP) sys-deps tools kserve-venv test-image ## run every test (apt test deps, builds the cluster tools on a cold machine; cluster and netns tests run for real)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) ## unit tests only (no cluster, no network namespaces)
 	$(BIN)/pytest -q -m "not cluster and not netns"
 
-demo: $(STAMP) testbed-up ## the main job on the embedded default: plan, weights verify, repo build, render, deploy, status on the local cluster
+demo: $(STAMP) sys-deps testbed-up ## the main job on the embedded default (plan, weights verify, repo build, render, deploy, status), then the chart on the real nodes answering one request
 	@tools/demo.sh
 
 demo-down: ## remove what `make demo` made: the release, the local cluster and .run/demo
@@ -46,6 +46,9 @@ demo-down: ## remove what `make demo` made: the release, the local cluster and .
 # KServe's own v2 server: an independent implementation of Triton's protocol that `dsv3ctl health` is
 # cross-checked against (tests/independent/kserve_v2_server.py); its own venv, out of the project's (~450 MB).
 KSERVE_VENV := $(HOME)/.cache/dsv3ctl/kserve-venv
+.PHONY: test-image
+test-image: sys-deps ## the test image from docker/Dockerfile's test target (buildah; cached by its inputs; root)
+	@if [ "$$(id -u)" = 0 ]; then tools/test-image.sh >/dev/null; else echo "test-image: not root: no test image (the real-node tests and the demo's real group need root)"; fi
 .PHONY: kserve-venv
 kserve-venv: $(KSERVE_VENV)/.installed ## the venv with kserve==0.21.0 the protocol cross-check runs in
 $(KSERVE_VENV)/.installed:

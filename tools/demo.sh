@@ -46,12 +46,54 @@ step "4b. deploy to the local cluster and wait until the LeaderWorkerSet group i
 
 step "5. status" dsv3ctl status
 
+# 6. The same chart on the two REAL nodes (kubelet + containerd + runc): containers run, the leader reaches the
+# worker over SSH and mpirun starts one rank per pod. The image is docker/Dockerfile's `test` target, whose
+# `tritonserver` is a TEST DOUBLE (canned text, no model, no GPU: the pods skip the gpus preflight).
+REAL=$W/real
+mkdir -p "$REAL/models/engines" "$REAL/models/triton_model_repo/tensorrt_llm"
+echo '{"version": "0.17.0", "pretrained_config": {"mapping": {"world_size": 2, "tp_size": 2, "pp_size": 1}}, "build_config": {}}' \
+  > "$REAL/models/engines/config.json"
+printf 'name: "tensorrt_llm"\nparameters: {\n  key: "gpt_model_path"\n  value: {\n    string_value: "/models/engines"\n  }\n}\n' \
+  > "$REAL/models/triton_model_repo/tensorrt_llm/config.pbtxt"
+cat > "$REAL/dsv3-real.yaml" <<SPEC
+# 2 pods x 1 slot on the real nodes, with the test image (its server is a TEST DOUBLE)
+serving: {mode: engine}
+parallelism: {nodes: 2, gpus_per_node: 1, tp: 2, moe_ep: 2}
+image: {repository: localhost/dsv3ctl, tag: test, pull_policy: Never}
+launch: {skip_preflight: [gpus], fabric_check: "off", shm_min_gib: 0.5, engine_dir: /models/engines,
+         model_repository: /models/triton_model_repo, worker_wait_timeout_s: 120}
+deploy:
+  namespace: dsv3-real
+  release: real
+  cpu: 100m
+  memory: 1Gi
+  ephemeral_storage: 1Gi
+  shm_size: 1Gi
+  rdma: {enabled: false}
+  tolerations: [{key: dsv3ctl.io/real-node, operator: Equal, value: "true", effect: NoSchedule}]
+  node_selector: {dsv3ctl.io/node-kind: real}
+  storage: {kind: hostPath, host_path: $(realpath "$REAL/models"), artifacts_dir: ""}
+  helm_test_image: ""
+  termination_grace_s: 20
+SPEC
+step "6a. the test image from docker/Dockerfile's test target (buildah; cached by its inputs)" \
+  tools/test-image.sh
+step "6b. import it into the real nodes' containerd" \
+  .venv/bin/python -m dsv3ctl.adapters.testbed load-image "$(tools/test-image.sh 2>/dev/null | tail -1)"
+step "6c. deploy the chart onto the two real nodes: SSH, mpirun, probes for real" \
+  dsv3ctl deploy --spec "$REAL/dsv3-real.yaml" --create-namespace --wait --timeout 300
+IP=$(kubectl -n dsv3-real get svc real-dsv3-api -o jsonpath='{.spec.clusterIP}')
+step "6d. one request through the release's Service (ClusterIP $IP, via kube-proxy); the reply is the TEST DOUBLE's" \
+  dsv3ctl infer --url "$IP:8001" --prompt "Hello, DeepSeek-V3" --max-tokens 16
+
 cat <<EOF
 
 == done in $((SECONDS - t_all)) s
-SIMULATED: the two 8-GPU nodes are kwok fake nodes (no GPUs, no kubelet): the pods were scheduled by the
-real kube-scheduler against nvidia.com/gpu and grouped by the real LeaderWorkerSet controller, then marked
-Ready by kwok. No container ran and no model is served; the checkpoint is synthetic and the engines are a
-labelled skeleton. On a real GPU cluster follow docs/operations.md.
+SIMULATED (steps 1-5): the two 8-GPU nodes are kwok fake nodes (no GPUs, no kubelet): the pods were scheduled
+by the real kube-scheduler against nvidia.com/gpu and grouped by the real LeaderWorkerSet controller, then
+marked Ready by kwok; the checkpoint is synthetic and the engines are a labelled skeleton.
+REAL (step 6): two kubelet + containerd nodes ran the chart's leader and worker containers, sshd, mpirun and
+the probes; the server each rank ran is a TEST DOUBLE, so the reply above is canned text, not the model's.
+On a real GPU cluster follow docs/operations.md.
 Clean up with: make demo-down
 EOF

@@ -982,7 +982,7 @@ def env_exports(run_dir: Path | None = None, bin_dir: Path | None = None) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dsv3ctl.adapters.testbed up|down|status|env`` (exit 0 ok, 1 failure, 2 usage)."""
+    """``python -m dsv3ctl.adapters.testbed up|down|status|env|load-image`` (exit 0 ok, 1 failure, 2 usage)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m dsv3ctl.adapters.testbed", description=__doc__.split("\n\n")[0])
@@ -997,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
     ps = sub.add_parser("status", help="health of every component; exit 1 if not healthy")
     ps.add_argument("--json", action="store_true")
     sub.add_parser("env", help="print export lines for PATH and KUBECONFIG")
+    pl = sub.add_parser("load-image", help="import a docker-archive/OCI tar into every real node's containerd")
+    pl.add_argument("archive", type=Path)
     a = p.parse_args(argv)
     try:
         if a.cmd == "up":
@@ -1025,6 +1027,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if s["healthy"] else 1
         elif a.cmd == "env":
             sys.stdout.write(env_exports(a.run_dir))
+        elif a.cmd == "load-image":
+            run_dir = a.run_dir or default_run_dir()
+            state = _read_state(run_dir)
+            if not healthy(run_dir):
+                raise RuntimeFailure(f"no healthy testbed in {run_dir}", hint="make testbed-up")
+            tb = Testbed(run_dir, Path(state["bin_dir"]), state=state)
+            names = tb.load_image(a.archive)
+            print(f"imported into {len(tb.real_nodes)} real node(s): {', '.join(names)}")
     except (SpecError, RuntimeFailure) as e:
         print(f"error: {e.message}", file=sys.stderr)
         if e.hint:
