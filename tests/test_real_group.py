@@ -17,12 +17,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from waiting import wait_for
 
 from dsv3ctl.adapters import realnodes
 
@@ -36,19 +36,6 @@ def _t(what: str, t0: float) -> None:
     print(f"[real group] {what}: {time.monotonic() - t0:.1f} s", file=sys.stderr)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as e:  # noqa: BLE001 - keep polling; report the last error
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
 
 
 class Group:
