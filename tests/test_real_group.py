@@ -206,6 +206,7 @@ def test_5_a_lost_server_process_recreates_the_group(group, role):
     r = group.cli("status", "--spec", str(group.spec()))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1/1 group(s) ready" in r.stdout, r.stdout
+    assert "groups recreated by LeaderWorkerSet:" in r.stdout and "failed, deleted leader pod rg-dsv3-0" in r.stdout, r.stdout
 
 
 def test_6_upgrade_rolls_the_group_keeps_the_ssh_key_and_rolls_back(group):

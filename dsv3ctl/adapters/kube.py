@@ -789,6 +789,8 @@ def status(kube: Kube, namespace: str, release: str | Names, *, fabric: bool = F
         "ready": lws is not None and bool(groups) and all(g["ready"] for g in groups)
         and int(lst.get("readyReplicas", 0)) == replicas and observed >= generation,
         "groups": groups, "endpoints": endpoints,
+        # what the LWS controller did to the groups (pod_controller.go:264 records RecreateGroup), oldest first
+        "recreations": lws_events(kube, namespace, name, "RecreateGroup") if lws is not None else [],
     }
 
 

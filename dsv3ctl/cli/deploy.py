@@ -267,6 +267,10 @@ def status(spec: SpecOpt = None, namespace: NamespaceOpt = None, release: Releas
                           f"inter-node {', '.join(f['inter_node']) or 'n/a'}"
                           + (f"; problems: {', '.join(f['problems'])}" if f["problems"] else "") + f") at {f['at']}",
                           markup=False, highlight=False)
+        rec = st.get("recreations") or []
+        if rec:
+            con.print(f"  groups recreated by LeaderWorkerSet: {len(rec)} time(s); last: {rec[-1]['message']}",
+                      markup=False, highlight=False)
         for name, url in st["endpoints"].get("urls", {}).items():
             con.print(f"  {name:<8} {url}")
         ports = st["endpoints"].get("ports", {})
