@@ -109,8 +109,12 @@ def test_clusterip_service_and_dns_from_the_other_node(real):
     script = (f"for i in $(seq 60); do echo try $i; wget -q -O - http://{fqdn}/index.html && nslookup {fqdn} "
               "&& exit 0; sleep 1; done; exit 1")
     core.create_namespaced_pod(ns, pod_body("client", script, node=tb.real_nodes[1], restart="Never"))
-    phase = wait_for("client pod finished", lambda: core.read_namespaced_pod("client", ns).status.phase
-                     in ("Succeeded", "Failed") and core.read_namespaced_pod("client", ns).status.phase)
+    try:
+        phase = wait_for("client pod finished", lambda: core.read_namespaced_pod("client", ns).status.phase
+                         in ("Succeeded", "Failed") and core.read_namespaced_pod("client", ns).status.phase,
+                         timeout=240)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nclient log:\n{core.read_namespaced_pod_log('client', ns)}") from None
     out = core.read_namespaced_pod_log("client", ns)
     assert phase == "Succeeded", out
     svc_ip = core.read_namespaced_service("web", ns).spec.cluster_ip

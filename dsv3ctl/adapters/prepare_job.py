@@ -69,7 +69,10 @@ def _exists(fn: Callable[[], Any]) -> Any:
 
 
 def gpu_nodes(kube: Kube, values: dict[str, Any]) -> list[str]:
-    """Schedulable nodes with the GPU product label / node selector and gpus_per_node allocatable GPUs."""
+    """Schedulable nodes with the GPU product label / node selector, gpus_per_node allocatable GPUs and no
+    NoSchedule/NoExecute taint the pods' tolerations (deploy.tolerations) do not tolerate."""
+    from dsv3ctl.adapters.kube import _tolerates
+
     d, gpus = values["deploy"], int(values["parallelism"]["gpus_per_node"])
     sel = dict(d["node_selector"])
     if d["gpu_product_label"]:
@@ -79,6 +82,9 @@ def gpu_nodes(kube: Kube, values: dict[str, Any]) -> list[str]:
         labels = (n.metadata.labels if n.metadata else None) or {}
         alloc = (n.status.allocatable if n.status else None) or {}
         if n.spec and n.spec.unschedulable:
+            continue
+        taints = [t for t in ((n.spec.taints if n.spec else None) or []) if t.effect in ("NoSchedule", "NoExecute")]
+        if any(not _tolerates(d["tolerations"], t) for t in taints):
             continue
         if all(labels.get(k) == v for k, v in sel.items()) and _qty(alloc.get(GPU)) >= gpus:
             out.append(_name(n))
@@ -199,7 +205,9 @@ def _log_tail(kube: Kube, namespace: str, pod: str) -> list[str]:
         text = kube.core.read_namespaced_pod_log(pod, namespace, tail_lines=LOG_TAIL)  # the one container
     except Exception:  # noqa: BLE001 - no log is not a failure of the Job
         return []
-    return [x for x in str(text).splitlines() if x.strip()]
+    if not isinstance(text, str):  # the client returns None for an empty body (a pod that never started)
+        return []
+    return [x for x in text.splitlines() if x.strip()]
 
 
 def run_prepare(kube: Kube, values: dict[str, Any], namespace: str, fp: str, artifact_dir: str, *,
