@@ -105,7 +105,16 @@ def test_deploy_lifecycle(kenv, run_cli, write_spec, tmp_path):
     before = uids()
     assert all(before.values()), before
     worker = pods[1]["name"]
+    # a finalizer holds the deleted worker in Terminating, as a kubelet does during the grace period: kwok
+    # removes a deleted pod at once, sometimes before the LWS pod controller has seen its deletionTimestamp
+    _kubectl(kenv, "-n", NS, "patch", "pod", worker, "--type=merge", "-p",
+             '{"metadata":{"finalizers":["dsv3ctl.io/test-hold"]}}')
     _kubectl(kenv, "-n", NS, "delete", "pod", worker, "--wait=false")
+    leader = pods[0]["name"]
+    hold = time.monotonic() + 30
+    while time.monotonic() < hold and _uid(kenv, leader) == before[leader]:
+        time.sleep(0.5)
+    _kubectl(kenv, "-n", NS, "patch", "pod", worker, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
     deadline = time.monotonic() + 120
     after: dict[str, str] = {}
     while time.monotonic() < deadline:
