@@ -1132,11 +1132,17 @@ def log_error(kube: Kube, pod: Any, e: Exception) -> RuntimeFailure:
 def release_claims(kube: Kube, namespace: str, release: str | Names, *, delete: bool) -> list[str]:
     """The release's PVCs, which ``helm uninstall`` keeps (``helm.sh/resource-policy: keep``): with ``delete``
     each is deleted and none is returned, else their names (kept)."""
+    from kubernetes.client.exceptions import ApiException
+
     sel = f"app.kubernetes.io/instance={names(release).release}"
     kept = []
     for p in kube.core.list_namespaced_persistent_volume_claim(namespace, label_selector=sel).items:
         if delete:
-            kube.core.delete_namespaced_persistent_volume_claim(_name(p), namespace)
+            try:
+                kube.core.delete_namespaced_persistent_volume_claim(_name(p), namespace)
+            except ApiException as e:
+                if e.status != 404:  # gone between the list and the delete
+                    raise
         else:
             kept.append(_name(p))
     return kept

@@ -58,6 +58,8 @@ def _body(obj: dict[str, Any]) -> Any:
 
 
 def _exists(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or None when the API server answers 404 (the object is gone; for a delete: gone already, e.g.
+    removed by the garbage collector between our list and our delete)."""
     from kubernetes.client.exceptions import ApiException
 
     try:
@@ -340,13 +342,14 @@ def delete_prepare(kube: Kube, namespace: str, release: str, fingerprint: str | 
         sel = f"{R.L_INSTANCE}={release},{R.L_COMPONENT}={R.COMPONENT},{R.L_FINGERPRINT}={fingerprint}"
     gone = []
     for j in _api(kube).list_namespaced_job(namespace, label_selector=sel).items:
-        _api(kube).delete_namespaced_job(_name(j), namespace, propagation_policy="Background")
+        _exists(lambda: _api(kube).delete_namespaced_job(_name(j), namespace, propagation_policy="Background"))  # noqa: B023
         gone.append(f"job/{_name(j)}")
     for c in kube.core.list_namespaced_config_map(namespace, label_selector=sel).items:
-        kube.core.delete_namespaced_config_map(_name(c), namespace)
+        _exists(lambda: kube.core.delete_namespaced_config_map(_name(c), namespace))  # noqa: B023
         gone.append(f"configmap/{_name(c)}")
     for p in kube.core.list_namespaced_pod(namespace, label_selector=sel).items:
-        kube.core.delete_namespaced_pod(_name(p), namespace, grace_period_seconds=0)
+        # the Job deletion above lets the garbage collector remove these pods concurrently
+        _exists(lambda: kube.core.delete_namespaced_pod(_name(p), namespace, grace_period_seconds=0))  # noqa: B023
         gone.append(f"pod/{_name(p)}")
     return gone
 
@@ -356,7 +359,8 @@ def delete_test_pods(kube: Kube, namespace: str, release: str) -> list[str]:
     sel = f"{R.L_INSTANCE}={release},{R.L_COMPONENT}=test"
     gone = []
     for p in kube.core.list_namespaced_pod(namespace, label_selector=sel).items:
-        kube.core.delete_namespaced_pod(_name(p), namespace, grace_period_seconds=0)
+        # the Job deletion above lets the garbage collector remove these pods concurrently
+        _exists(lambda: kube.core.delete_namespaced_pod(_name(p), namespace, grace_period_seconds=0))  # noqa: B023
         gone.append(f"pod/{_name(p)}")
     return gone
 
